@@ -1,0 +1,64 @@
+"""Root Typer app. Commands live one per module and import heavy libraries only when they run.
+
+No data leaves the machine: mrsynth has no telemetry and uses the network only for an explicit
+weights download.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mrsynth_cli import __version__
+from mrsynth_cli.cli import evaluate as evaluate_cmd
+from mrsynth_cli.cli import info as info_cmd
+from mrsynth_cli.cli import phantom as phantom_cmd
+from mrsynth_cli.cli.boundary import boundary, configure_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="mrsynth",
+    help=(
+        "Synthesize a missing MRI contrast (T1, T1ce, T2, PD, FLAIR, TOF-MRA) from the contrasts a "
+        "brain scan has, with published diffusion models. Outputs are labelled synthetic. "
+        "No telemetry: nothing leaves this machine except an explicit weights download."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mrsynth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print errors.")] = False,
+) -> None:
+    """Set up logging for every command. Set MRSYNTH_DEBUG=1 to see full tracebacks."""
+    configure_logging(verbose, quiet)
+
+
+app.command("info")(boundary(info_cmd.info))
+app.command("evaluate")(boundary(evaluate_cmd.evaluate))
+app.command("phantom")(boundary(phantom_cmd.phantom))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reading and writing volumes, contrast names, subjects and sidecars."""
