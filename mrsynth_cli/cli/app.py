@@ -13,6 +13,7 @@ import typer
 from mrsynth_cli import __version__
 from mrsynth_cli.cli import evaluate as evaluate_cmd
 from mrsynth_cli.cli import info as info_cmd
+from mrsynth_cli.cli import inspect as inspect_cmd
 from mrsynth_cli.cli import phantom as phantom_cmd
 from mrsynth_cli.cli.boundary import boundary, configure_logging
 
@@ -51,6 +52,7 @@ def _root(
 
 
 app.command("info")(boundary(info_cmd.info))
+app.command("inspect")(boundary(inspect_cmd.inspect_inputs))
 app.command("evaluate")(boundary(evaluate_cmd.evaluate))
 app.command("phantom")(boundary(phantom_cmd.phantom))
 

@@ -52,6 +52,7 @@ def evaluate(
         typer.Option("--tof/--no-tof", help="Also score maximum intensity projections (default: if --ref is TOF/angio)."),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON result to this file.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ) -> None:
     """Score PRED against REF: PSNR, SSIM (3D and mean 2D axial), NMSE, MAE, FSIM and GMSD.
 
@@ -60,11 +61,13 @@ def evaluate(
     scored too.
     """
     from mrsynth_cli.errors import InputError
-    from mrsynth_cli.io.atomic import write_json_atomic
+    from mrsynth_cli.io.atomic import check_writable, write_json_atomic
     from mrsynth_cli.metrics.evaluate import evaluate_files
 
     if as_json and as_csv:
         raise InputError("--json and --csv were both given", "choose one output format")
+    if out is not None:
+        check_writable(out, force=force)
     result = evaluate_files(pred, ref, mask, tof=tof)
     if out is not None:
         write_json_atomic(out, result)

@@ -72,7 +72,7 @@ ALIASES: dict[str, Contrast] = {
     ),
     **dict.fromkeys(["t2", "t2w", "t2weighted"], Contrast.T2),
     **dict.fromkeys(["pd", "pdw", "pdweighted"], Contrast.PD),
-    **dict.fromkeys(["flair", "t2f", "t2flair", "t2wflair"], Contrast.FLAIR),
+    **dict.fromkeys(["flair", "fla", "t2f", "t2flair", "t2wflair"], Contrast.FLAIR),
     **dict.fromkeys(["tof", "angio", "mra", "tofmra"], Contrast.TOF),
 }
 
@@ -83,6 +83,10 @@ _JOINS = [
     (re.compile(r"tof[\s_\-.]*mra", re.I), "tof"),
 ]
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: Name tokens that mark a derived file (mask, segmentation) rather than an image of a contrast.
+NON_IMAGE_TOKENS = frozenset(
+    {"mask", "masks", "brainmask", "seg", "dseg", "probseg", "segmentation", "label", "labels", "roi", "lesionmask"}
+)
 
 
 def nifti_stem(path: str | Path) -> str:
@@ -118,7 +122,7 @@ def parse_contrast(name: str) -> Contrast:
 def contrast_from_filename(path: str | Path) -> Contrast | None:
     """Infer the contrast from a file name, or ``None`` if the name does not say.
 
-    BIDS names are read by entity (``_ce-gadolinium_T1w`` is T1ce); other names by tokens.
+    Masks and segmentations (``*_mask``, ``*_seg``...) say no contrast. BIDS names are read by entity (``_ce-gadolinium_T1w`` is T1ce); other names by tokens.
 
     Raises:
         ContrastError: the name matches more than one contrast (e.g. ``t1_t2.nii.gz``).
@@ -138,6 +142,8 @@ def contrast_from_filename(path: str | Path) -> Contrast | None:
     for pattern, joined in _JOINS:
         text = pattern.sub(f"_{joined}_", text)
     tokens = {t.lower() for t in re.split(r"[\s_\-.]+", text) if t}
+    if tokens & NON_IMAGE_TOKENS:
+        return None
     found = {ALIASES[t] for t in tokens if t in ALIASES}
     if len(found) > 1:
         names = " and ".join(sorted(c.value for c in found))
