@@ -143,3 +143,19 @@ def test_evaluate_json_csv_and_out(tiny_pair, tmp_path: Path) -> None:
     header, row = same.output.strip().splitlines()
     values = dict(zip(header.split(","), row.split(","), strict=True))
     assert float(values["ssim3d"]) == pytest.approx(1.0) and float(values["mae"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["synthesize", "--in", "a", "b", "--target", "flair"], ["synthesize", "--in", "a", "--in", "b", "--target", "flair"]),
+        (["x", "--in", "a", "--in", "b"], ["x", "--in", "a", "--in", "b"]),
+        (["x", "--target", "t2", "flair", "t1ce", "--out-dir", "d"], ["x", "--target", "t2", "--target", "flair", "--target", "t1ce", "--out-dir", "d"]),
+        (["x", "--in", "a", "--", "--in"], ["x", "--in", "a", "--", "--in"]),
+        (["phantom", "out", "--seed", "3"], ["phantom", "out", "--seed", "3"]),
+    ],
+)
+def test_expand_multi_value_options(argv: list[str], expected: list[str]) -> None:
+    from mrsynth_cli.cli.app import expand_multi_value_options
+
+    assert expand_multi_value_options(argv) == expected

@@ -15,6 +15,9 @@ from mrsynth_cli.cli import evaluate as evaluate_cmd
 from mrsynth_cli.cli import info as info_cmd
 from mrsynth_cli.cli import inspect as inspect_cmd
 from mrsynth_cli.cli import phantom as phantom_cmd
+from mrsynth_cli.cli import synthesize as synthesize_cmd
+from mrsynth_cli.cli import train as train_cmd
+from mrsynth_cli.cli import weights as weights_cmd
 from mrsynth_cli.cli.boundary import boundary, configure_logging
 
 __all__ = ["app", "main"]
@@ -51,15 +54,45 @@ def _root(
     configure_logging(verbose, quiet)
 
 
+app.command("synthesize")(boundary(synthesize_cmd.synthesize))
+app.add_typer(train_cmd.app, name="train")
+app.add_typer(weights_cmd.app, name="weights")
 app.command("info")(boundary(info_cmd.info))
 app.command("inspect")(boundary(inspect_cmd.inspect_inputs))
 app.command("evaluate")(boundary(evaluate_cmd.evaluate))
 app.command("phantom")(boundary(phantom_cmd.phantom))
 
 
+#: Options that take several values after one flag (``--in t1.nii.gz t2.nii.gz``).
+MULTI_VALUE_OPTIONS = frozenset({"--in", "--target", "--data", "--inputs", "--validation-subject", "--participant-label"})
+
+
+def expand_multi_value_options(argv: list[str]) -> list[str]:
+    """Rewrite ``--in a b c`` as ``--in a --in b --in c`` (Typer options take one value per flag).
+
+    Values continue until the next token that starts with ``-`` (``--`` ends option parsing).
+    """
+    out: list[str] = []
+    current: str | None = None
+    for index, token in enumerate(argv):
+        if token == "--":
+            out.extend(argv[index:])
+            return out
+        if token.startswith("-"):
+            current = token if token in MULTI_VALUE_OPTIONS else None
+            out.append(token)
+            continue
+        if current is not None and out and out[-1] != current:
+            out.append(current)
+        out.append(token)
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    import sys
+
+    app(args=expand_multi_value_options(sys.argv[1:]), prog_name="mrsynth")
 
 
 if __name__ == "__main__":

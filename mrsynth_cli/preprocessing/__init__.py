@@ -1,0 +1,1 @@
+"""Preprocessing: registration, brain and tissue masks, and invertible geometry/intensity steps."""

@@ -1,0 +1,62 @@
+"""The one explicit table of model families: name -> what it does and where its adapter lives.
+
+Adapters are named by import path so that ``mrsynth --help`` never imports torch. Each adapter
+module provides the same functions (see :mod:`mrsynth_cli.families.base`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from mrsynth_cli.errors import InputError
+
+__all__ = ["FamilySpec", "FAMILIES", "get_family", "load_adapter"]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A model family.
+
+    Attributes:
+        name: the family's name in the manifest and on the command line.
+        description: one line for ``mrsynth weights list`` and ``--help``.
+        adapter: import path of the module implementing the family contract.
+        mapping: ``many-to-one``, ``one-to-many`` or ``one-to-one``.
+        dims: ``2D``, ``2.5D`` or ``3D``.
+        stochastic: whether outputs are sampled (seeds, samplers and steps apply).
+    """
+
+    name: str
+    description: str
+    adapter: str
+    mapping: str
+    dims: str
+    stochastic: bool
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "unet": FamilySpec(
+        name="unet",
+        description="deterministic 2D regression UNet baseline (any subset of inputs -> one target)",
+        adapter="mrsynth_cli.families.unet.adapter",
+        mapping="many-to-one",
+        dims="2D",
+        stochastic=False,
+    ),
+}
+
+
+def get_family(name: str) -> FamilySpec:
+    """Look up a family, with a did-you-mean suggestion."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    close = difflib.get_close_matches(name, list(FAMILIES), n=1)
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    raise InputError(f"unknown model family '{name}'", f"{guess}families: {', '.join(FAMILIES)}")
+
+
+def load_adapter(name: str) -> ModuleType:
+    return importlib.import_module(get_family(name).adapter)

@@ -1,0 +1,1 @@
+"""The shared training loop and checkpoints used by every family's ``train`` command."""

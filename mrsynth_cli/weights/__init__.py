@@ -1,0 +1,1 @@
+"""The weights manifest, the local weights store, integrity checks and downloads."""
