@@ -5,12 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 __all__ = ["evaluate", "format_csv", "format_text"]
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Strict JSON has no Infinity: PSNR of identical volumes is reported as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -27,14 +37,16 @@ def format_csv(result: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["pred", "ref", *flat])
-    writer.writerow([result["pred"], result["ref"], *(f"{v:.6f}" for v in flat.values())])
+    writer.writerow([result["pred"], result["ref"], *("inf" if v is None else f"{v:.6f}" for v in flat.values())])
     return buffer.getvalue()
 
 
 def format_text(result: dict[str, Any]) -> str:
     """Human-readable metrics, one per line."""
     lines = [f"pred: {result['pred']}", f"ref:  {result['ref']}", f"mask: {result['mask']} ({result['mask_voxels']} voxels)"]
-    lines += [f"  {name:14s} {value:.4f}" for name, value in _flat_metrics(result).items()]
+    lines += [
+        f"  {name:14s} {'inf' if value is None else f'{value:.4f}'}" for name, value in _flat_metrics(result).items()
+    ]
     lines.append(f"normalisation: {result['normalisation']}")
     return "\n".join(lines)
 
@@ -68,7 +80,7 @@ def evaluate(
         raise InputError("--json and --csv were both given", "choose one output format")
     if out is not None:
         check_writable(out, force=force)
-    result = evaluate_files(pred, ref, mask, tof=tof)
+    result = _finite_or_none(evaluate_files(pred, ref, mask, tof=tof))
     if out is not None:
         write_json_atomic(out, result)
     if as_json:

@@ -40,6 +40,7 @@ def train_unet_cmd(
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-3,
     channels: Annotated[str, typer.Option("--channels", help="UNet channels per level, comma-separated.")] = "32,64,128,256",
     spacing: Annotated[float, typer.Option("--spacing", help="Model grid spacing in mm.")] = 1.5,
+    size: Annotated[str, typer.Option("--size", help="Model grid X,Y,Z in voxels (brain-centred crop/pad).")] = "112,128,112",
     validation_subject: ValidateOpt = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 200,
     validate_every: Annotated[int, typer.Option("--validate-every", min=1, help="Steps between validations.")] = 500,
@@ -68,9 +69,15 @@ def train_unet_cmd(
         channel_tuple = tuple(int(c) for c in channels.split(","))
     except ValueError as exc:
         raise InputError(f"--channels '{channels}' is not a list of integers", "e.g. --channels 32,64,128,256") from exc
+    try:
+        model_shape = tuple(int(v) for v in size.split(","))
+    except ValueError as exc:
+        raise InputError(f"--size '{size}' is not three integers", "e.g. --size 112,128,112") from exc
+    if len(model_shape) != 3:
+        raise InputError(f"--size '{size}' is not three integers", "e.g. --size 112,128,112")
     config = UNetConfig(
         target=target_c.value, inputs=tuple(c.value for c in input_cs), channels=channel_tuple,
-        strides=(2,) * (len(channel_tuple) - 1), spacing_mm=spacing, batch_size=batch_size,
+        strides=(2,) * (len(channel_tuple) - 1), spacing_mm=spacing, model_shape=model_shape, batch_size=batch_size,
     )
     settings = TrainSettings(
         max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, seed=seed, device=device,

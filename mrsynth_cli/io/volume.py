@@ -146,7 +146,7 @@ def _validated_affine(path: Path, image: nib.Nifti1Image, warnings: list[str]) -
     return affine
 
 
-def load_volume(path: str | Path, contrast: Contrast | None = None) -> Volume:
+def load_volume(path: str | Path, contrast: Contrast | None = None, *, is_mask: bool = False) -> Volume:
     """Load and validate one 3D NIfTI volume.
 
     A singleton 4th dimension is squeezed; everything else that is not a usable 3D brain volume is
@@ -155,6 +155,7 @@ def load_volume(path: str | Path, contrast: Contrast | None = None) -> Volume:
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
         contrast: the contrast, if known.
+        is_mask: a mask may be constant (all ones) but not all zero.
 
     Raises:
         InputError: missing, unreadable, not NIfTI, not 3D, non-finite, empty, implausible voxel sizes.
@@ -182,7 +183,9 @@ def load_volume(path: str | Path, contrast: Contrast | None = None) -> Volume:
         raise InputError(
             f"{path} has {bad} NaN or infinite voxels", "replace them (e.g. fslmaths in -nan out) and try again"
         )
-    if float(data.max()) == float(data.min()):
+    if is_mask and float(data.max()) > 0:
+        pass
+    elif float(data.max()) == float(data.min()):
         raise InputError(f"{path} is empty (every voxel is {float(data.min()):g})", "check that the right file was given")
     for message in warnings:
         log.warning(message)

@@ -1,0 +1,174 @@
+"""End to end through the real engine: train a tiny unet, import it, synthesize, and every refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mrsynth_cli.cli.app import app, expand_multi_value_options
+from mrsynth_cli.io.volume import SYNTHETIC_DESCRIP_PREFIX
+from tests.engine_fixtures import make_subjects
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str]):
+    return runner.invoke(app, expand_multi_value_options(list(args)), env={"MRSYNTH_DEBUG": "0", **env})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A tiny unet trained for real on tiny subjects (T1+T2 -> FLAIR), imported into a weights folder."""
+    root = tmp_path_factory.mktemp("engine")
+    data = root / "data"
+    make_subjects(data, n=3)
+    env = {"MRSYNTH_HOME": str(root / "home")}
+    run = root / "run"
+    result = invoke(
+        "train", "unet", "--data", str(data), "--target", "flair", "--inputs", "t1", "t2", "--out", str(run),
+        "--max-steps", "40", "--batch-size", "4", "--channels", "8,16", "--spacing", "4", "--size", "16,16,16",
+        "--validation-subject", "subj02", "--validate-every", "20", "--checkpoint-every", "20", "--device", "cpu",
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    imported = invoke("weights", "import", str(run / "checkpoint"), "--name", "tiny-flair", env=env)
+    assert imported.exit_code == 0, imported.output
+    return {"root": root, "data": data, "env": env, "run": run}
+
+
+def test_training_logged_validation_and_checkpoint(trained) -> None:
+    log = [json.loads(line) for line in (trained["run"] / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert any("validation" in r and r["validation"]["psnr"] > 5 for r in log)
+    config = json.loads((trained["run"] / "checkpoint" / "config.json").read_text())
+    assert config["family"] == "unet" and config["config"]["target"] == "FLAIR" and config["step"] == 40
+
+
+def test_weights_list_and_verify(trained) -> None:
+    listed = invoke("weights", "list", "--json", env=trained["env"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["name"]: r for r in json.loads(listed.output)}
+    assert rows["tiny-flair"]["inputs"] == ["T1", "T2"] and rows["tiny-flair"]["outputs"] == ["FLAIR"]
+    assert rows["tiny-flair"]["present"] and rows["tiny-flair"]["metrics"]["psnr"] > 5
+    assert invoke("weights", "verify", "tiny-flair", env=trained["env"]).exit_code == 0
+
+
+def _synth(trained, out: Path, *extra: str):
+    subj = trained["data"] / "subj02"
+    return invoke(
+        "synthesize", "--in", f"t1={subj / 'T1.nii.gz'}", f"t2={subj / 'T2.nii.gz'}", "--target", "flair",
+        "--out", str(out), "--model", "tiny-flair", "--device", "cpu", *extra, env=trained["env"],
+    )
+
+
+def test_synthesize_writes_on_the_input_grid_with_sidecar(trained, tmp_path: Path) -> None:
+    out = tmp_path / "FLAIR_synth.nii.gz"
+    result = _synth(trained, out)
+    assert result.exit_code == 0, result.output
+    source = nib.load(str(trained["data"] / "subj02" / "T1.nii.gz"))
+    image = nib.load(str(out))
+    assert image.shape == source.shape
+    np.testing.assert_array_equal(image.affine, source.affine)
+    assert int(image.header["sform_code"]) == int(source.header["sform_code"])
+    assert image.header["descrip"].tobytes().decode().startswith(SYNTHETIC_DESCRIP_PREFIX)
+    sidecar = json.loads(out.with_name("FLAIR_synth.json").read_text())
+    assert sidecar["Synthetic"] is True and sidecar["Model"]["Name"] == "tiny-flair"
+    assert len(sidecar["Model"]["Files"][0]["sha256"]) == 64 and sidecar["Seed"] == 0
+    data = image.get_fdata()
+    assert data.max() > 0 and np.all(data[source.get_fdata() == 0] == 0)
+
+
+def test_same_seed_same_bytes(trained, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert _synth(trained, a).exit_code == 0 and _synth(trained, b).exit_code == 0
+    assert nib.load(str(a)).get_fdata().tobytes() == nib.load(str(b)).get_fdata().tobytes()
+
+
+def test_existing_output_refused(trained, tmp_path: Path) -> None:
+    out = tmp_path / "exists.nii.gz"
+    out.write_bytes(b"keep")
+    result = _synth(trained, out)
+    assert result.exit_code == 2 and "already exists" in result.output and out.read_bytes() == b"keep"
+
+
+def test_tampered_weights_refused_and_nothing_written(trained, tmp_path: Path) -> None:
+    weights = Path(trained["env"]["MRSYNTH_HOME"]) / "weights" / "tiny-flair" / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        tampered = bytearray(original)
+        tampered[-1] ^= 0xFF
+        weights.write_bytes(bytes(tampered))
+        out = tmp_path / "o.nii.gz"
+        result = _synth(trained, out)
+        assert result.exit_code == 2, result.output
+        assert "does not match its manifest sha256" in result.output and len(result.output.strip().splitlines()) == 1
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+        assert invoke("weights", "verify", "tiny-flair", env=trained["env"]).exit_code == 2
+    finally:
+        weights.write_bytes(original)
+
+
+def test_routing_errors_list_capabilities(trained, tmp_path: Path) -> None:
+    subj = trained["data"] / "subj02"
+    result = invoke("synthesize", "--in", f"t1={subj / 'T1.nii.gz'}", "--target", "pd", "--out", str(tmp_path / "x.nii.gz"),
+                    env=trained["env"])
+    assert result.exit_code == 2 and "no installed model makes PD" in result.output and "tiny-flair" in result.output
+    result = invoke("synthesize", "--in", f"t1={subj / 'T1.nii.gz'}", "--target", "flair", "--model", "tiny-flare",
+                    "--out", str(tmp_path / "x.nii.gz"), env=trained["env"])
+    assert result.exit_code == 2 and "did you mean 'tiny-flair'" in result.output
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_missing_device_is_an_error(trained, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = _synth(trained, tmp_path / "o.nii.gz", "--device", "cuda")
+    assert result.exit_code == 2 and "no CUDA GPU" in result.output
+
+
+def test_resume_continues_identically(trained, tmp_path: Path) -> None:
+    """Train 20 steps + resume to 40 == train 40 straight (same optimizer/RNG state)."""
+    common = ["train", "unet", "--data", str(trained["data"]), "--target", "flair", "--inputs", "t1", "t2",
+              "--batch-size", "2", "--channels", "8,16", "--spacing", "4", "--size", "16,16,16", "--device", "cpu",
+              "--checkpoint-every", "10"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke(*common, "--out", str(straight), "--max-steps", "20", env=trained["env"]).exit_code == 0
+    assert invoke(*common, "--out", str(split), "--max-steps", "10", env=trained["env"]).exit_code == 0
+    again = invoke(*common, "--out", str(split), "--max-steps", "10", env=trained["env"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert invoke(*common, "--out", str(split), "--max-steps", "20", "--resume", env=trained["env"]).exit_code == 0
+    from safetensors.torch import load_file
+
+    a = load_file(str(straight / "checkpoint" / "model.safetensors"))
+    b = load_file(str(split / "checkpoint" / "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_crafted_pickle_in_checkpoint_is_not_executed(trained, tmp_path: Path) -> None:
+    import pickle
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text((trained["run"] / "checkpoint" / "config.json").read_text())
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (ckpt / "train_state.pt").write_bytes(pickle.dumps(Payload()))
+    config = json.loads((ckpt / "config.json").read_text())["config"]
+    result = invoke("train", "unet", "--data", str(trained["data"]), "--target", "flair", "--inputs", "t1", "t2",
+                    "--out", str(run), "--resume", "--batch-size", str(config["batch_size"]), "--channels", "8,16",
+                    "--spacing", "4", "--size", "16,16,16", "--device", "cpu", "--max-steps", "41", env=trained["env"])
+    assert result.exit_code == 2 and "not a plain checkpoint" in result.output
+    assert not marker.exists()
