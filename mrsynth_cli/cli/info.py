@@ -35,11 +35,11 @@ def _devices() -> list[str]:
 
 def collect_info() -> dict[str, Any]:
     """Everything ``mrsynth info`` reports, as a JSON-ready dict."""
+    import torch
+
     from mrsynth_cli import __version__
     from mrsynth_cli.fsl import find_fsl_tool, fsl_dir
     from mrsynth_cli.paths import cache_dir, weights_dir
-
-    import torch
 
     fsl_root = fsl_dir()
     return {

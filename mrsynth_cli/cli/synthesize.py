@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from mrsynth_cli.cli.options import DeviceOpt, ForceOpt, InputsOpt, RegistrationOpt, SeedOpt, SegmentationOpt, WeightsDirOpt
+from mrsynth_cli.cli.options import (
+    DeviceOpt,
+    ForceOpt,
+    InputsOpt,
+    RegistrationOpt,
+    SeedOpt,
+    SegmentationOpt,
+    WeightsDirOpt,
+)
 
 __all__ = ["synthesize"]
 

@@ -1,0 +1,107 @@
+"""Train the shipped ``unet`` baselines on the shared real data, with leave-one-subject-out validation.
+
+For every target (T1, T1ce, T2, FLAIR) this trains one fold model per held-out subject and one
+final model on all subjects, with the same recipe, then scores the fold models on their held-out
+subject with the project's one scoring normalisation (`mrsynth evaluate` metrics on the native
+grid, brain mask = the reference's non-zero voxels). The final models are copied into the package
+(`mrsynth_cli/weights/files/`) and listed in `weights_manifest.toml` with their LOSO metrics.
+
+The C-STAR example subject is never used, so the README demo runs on unseen data.
+
+Usage: python benchmarks/train_shipped_unet.py [--steps 800] [--jobs 2] [--targets T1 T1ce T2 FLAIR]
+Results: benchmarks/results/unet_loso.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = Path(os.environ.get("MRSYNTH_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+SUBJECTS = {  # subject id (as discovered) -> folder; all four contrasts, skull-stripped, one grid each
+    "brats_gli_00001_000": REAL / "brats_gli_00001_000",
+    "patient07": REAL / "open_ms_mni" / "patient07",
+    "patient19": REAL / "open_ms_mni" / "patient19",
+    "brainles_raw_bet": REAL / "tcga_du_7294" / "brainles_raw_bet",
+}
+RUNS = REPO / "benchmarks" / "runs" / "unet"
+RECIPE = ["--channels", "32,64,128,256", "--spacing", "2", "--size", "80,96,80", "--batch-size", "8", "--seed", "0",
+          "--device", "cpu", "--checkpoint-every", "100", "--validate-every", "100000"]
+
+
+def mrsynth(*args: str, threads: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MRSYNTH_DEBUG": "1"}
+    return subprocess.run([str(REPO / ".venv" / "bin" / "mrsynth"), *args], env=env, capture_output=True, text=True)
+
+
+def train(target: str, held_out: str | None, steps: int) -> Path:
+    name = f"{target.lower()}-{held_out or 'final'}"
+    out = RUNS / name
+    data = [str(SUBJECTS[s]) for s in SUBJECTS if s != held_out]
+    resume = ["--resume"] if (out / "checkpoint" / "config.json").exists() else []
+    started = time.time()
+    result = mrsynth("train", "unet", "--data", *data, "--target", target, "--out", str(out), "--max-steps", str(steps),
+                     *RECIPE, *resume)
+    if result.returncode != 0:
+        raise RuntimeError(f"training {name} failed:\n{result.stderr[-3000:]}")
+    print(f"trained {name} in {time.time() - started:.0f} s", flush=True)
+    return out / "checkpoint"
+
+
+def score(target: str, held_out: str, checkpoint: Path, home: Path) -> dict:
+    """Import the fold model into a scratch weights folder, synthesize the held-out subject, evaluate."""
+    env_home = {"MRSYNTH_HOME": str(home)}
+    os.environ.update(env_home)
+    name = f"fold-{target.lower()}-{held_out}"
+    mrsynth("weights", "import", str(checkpoint), "--name", name, "--force")
+    from mrsynth_cli.io.contrasts import parse_contrast
+    from mrsynth_cli.io.subjects import subject_from_folder
+
+    subject = subject_from_folder(SUBJECTS[held_out])
+    target_c = parse_contrast(target)
+    inputs = [f"{c.value}={p}" for c, p in subject.files.items() if c != target_c]
+    out = home / "pred" / f"{name}.nii.gz"
+    started = time.time()
+    result = mrsynth("synthesize", "--in", *inputs, "--target", target, "--out", str(out), "--model", name,
+                     "--registration", "none", "--force", threads=2)
+    if result.returncode != 0:
+        raise RuntimeError(f"synthesize {name} failed:\n{result.stderr[-3000:]}")
+    seconds = time.time() - started
+    metrics = json.loads(mrsynth("evaluate", "--pred", str(out), "--ref", str(subject.files[target_c]), "--json").stdout)
+    return {"held_out": held_out, "synthesize_seconds": round(seconds, 1), **metrics["metrics"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--targets", nargs="+", default=["FLAIR", "T1ce", "T2", "T1"])
+    args = parser.parse_args()
+    missing = [s for s, p in SUBJECTS.items() if not p.is_dir()]
+    if missing:
+        sys.exit(f"real data missing for {missing} under {REAL}")
+    jobs = [(t, h) for t in args.targets for h in [*SUBJECTS, None]]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        checkpoints = dict(zip(jobs, pool.map(lambda j: train(j[0], j[1], args.steps), jobs), strict=True))
+    home = RUNS / "scoring-home"
+    results = {"recipe": RECIPE, "steps": args.steps, "subjects": list(SUBJECTS), "targets": {}}
+    for target in args.targets:
+        folds = [score(target, h, checkpoints[(target, h)], home) for h in SUBJECTS]
+        keys = [k for k in folds[0] if k not in ("held_out",)]
+        mean = {k: round(sum(f[k] for f in folds) / len(folds), 4) for k in keys}
+        results["targets"][target] = {"folds": folds, "mean": mean, "final_checkpoint": str(checkpoints[(target, None)])}
+        print(target, mean, flush=True)
+    out = REPO / "benchmarks" / "results" / "unet_loso.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
