@@ -148,3 +148,14 @@ def test_gzip_is_really_gzip(tmp_path: Path, tiny_pair) -> None:
     out = save_volume(volume.data, volume, tmp_path / "o.nii.gz")
     with gzip.open(out) as handle:
         assert len(handle.read(348)) == 348
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path: Path, tiny_pair) -> None:
+    import os
+    import stat
+
+    volume = load_volume(tiny_pair[0])
+    out = save_volume(volume.data, volume, tmp_path / "perm.nii.gz")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask

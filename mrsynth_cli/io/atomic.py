@@ -18,6 +18,12 @@ from mrsynth_cli.errors import InputError, OutputExistsError
 __all__ = ["check_writable", "atomic_path", "write_json_atomic", "write_bytes_atomic"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: Path, *, force: bool = False) -> None:
     """Refuse to overwrite ``path`` unless ``force``; refuse a missing or read-only parent folder."""
     path = Path(path)
@@ -45,6 +51,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions a plain open() would
     try:
         yield tmp
         os.replace(tmp, path)
