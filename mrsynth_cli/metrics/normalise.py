@@ -37,7 +37,8 @@ SCORING_NORMALISATION = (
     "x' = clip((x - p0.5) / (p99.5 - p0.5), 0, 1); a volume with p99.5 == p0.5 becomes (x > p0.5). "
     "All metrics then use data_range = 1. Brain mask: the given mask (voxels > 0); by default, if >= 5% "
     "of the reference's voxels equal its minimum (zero background, i.e. skull-stripped), the voxels above "
-    "that minimum; otherwise the reference's Otsu threshold (256-bin histogram), with holes filled "
+    "that minimum; else, if >= 5% are exactly 0 (skull-stripped with negative interpolation ringing), the "
+    "non-zero voxels with holes filled and the largest component kept; otherwise the reference's Otsu threshold (256-bin histogram), with holes filled "
     "(scipy.ndimage.binary_fill_holes) and only the largest 6-connected component kept."
 )
 """The scoring normalisation in one paragraph, quoted by the README and the evaluation JSON."""
@@ -116,7 +117,9 @@ def auto_brain_mask(reference: np.ndarray) -> tuple[np.ndarray, str]:
     """The default brain mask of a reference volume and a short description of how it was made.
 
     If at least :data:`ZERO_BACKGROUND_FRACTION` of the voxels equal the minimum (a skull-stripped
-    volume with a zero background) the mask is ``reference > min``; otherwise it is the Otsu
+    volume with a zero background) the mask is ``reference > min``; else if as many are exactly 0
+    (skull-stripped, with negative interpolation ringing inside) it is ``reference != 0`` with holes
+    filled and the largest component kept; otherwise it is the Otsu
     foreground with holes filled and only the largest (6-connected) component kept.
 
     Returns:
@@ -127,6 +130,11 @@ def auto_brain_mask(reference: np.ndarray) -> tuple[np.ndarray, str]:
     background = float(np.count_nonzero(reference == minimum)) / reference.size
     if background >= ZERO_BACKGROUND_FRACTION:
         return reference > minimum, f"reference > its minimum {float(minimum):g} (zero background)"
+    # Skull-stripped volumes resampled with ringing have a zero background but negative brain voxels.
+    zeros = float(np.count_nonzero(reference == 0)) / reference.size
+    if zeros >= ZERO_BACKGROUND_FRACTION:
+        mask = _largest_component(ndimage.binary_fill_holes(reference != 0))
+        return mask, "reference != 0 (zero background, negative values inside), holes filled, largest component"
     threshold = otsu_threshold(reference)
     mask = ndimage.binary_fill_holes(reference > threshold)
     mask = _largest_component(mask)

@@ -32,6 +32,17 @@ class SubjectArrays:
     brain_mask: np.ndarray
 
 
+def _same_grid(paths: list[Path]) -> bool:
+    """Whether files share one grid, from their headers alone (cheap: no voxel data is read)."""
+    import nibabel as nib
+
+    headers = [nib.load(str(p)) for p in paths]
+    first = headers[0]
+    return all(
+        h.shape[:3] == first.shape[:3] and np.allclose(h.affine, first.affine, atol=1e-3) for h in headers[1:]
+    )
+
+
 def _cache_key(subject: Subject, contrasts: list[Contrast], options_dict: dict) -> str:
     parts = []
     for contrast in contrasts:
@@ -59,7 +70,8 @@ def load_training_subjects(
         contrasts: contrasts to load when present.
         required: contrasts a subject must have (e.g. the target).
         spacing_mm, model_shape: the model grid.
-        registration: how inputs of one subject are aligned (``none`` when all share a grid is detected).
+        registration: how inputs of one subject are aligned; subjects whose files already share one
+            grid (co-registered datasets such as BraTS) are not registered again.
         cache_dir: where preprocessed arrays are cached (``None``: no cache).
 
     Raises:
@@ -79,8 +91,10 @@ def load_training_subjects(
     out: list[SubjectArrays] = []
     for subject in usable:
         present = [c for c in contrasts if c in subject.files]
+        aligned = _same_grid([subject.files[c] for c in present])
         options = PreprocessOptions(
-            reference=present[0], registration=registration, spacing_mm=spacing_mm, model_shape=model_shape
+            reference=present[0], registration="none" if aligned else registration, spacing_mm=spacing_mm,
+            model_shape=model_shape,
         )
         key = _cache_key(subject, present, asdict(options))
         cached = cache_dir / "preprocessed" / f"{key}.npz" if cache_dir is not None else None
