@@ -15,6 +15,7 @@ from mrsynth_cli.cli import evaluate as evaluate_cmd
 from mrsynth_cli.cli import info as info_cmd
 from mrsynth_cli.cli import inspect as inspect_cmd
 from mrsynth_cli.cli import phantom as phantom_cmd
+from mrsynth_cli.cli import preprocess as preprocess_cmd
 from mrsynth_cli.cli import synthesize as synthesize_cmd
 from mrsynth_cli.cli import train as train_cmd
 from mrsynth_cli.cli import weights as weights_cmd
@@ -55,6 +56,7 @@ def _root(
 
 
 app.command("synthesize")(boundary(synthesize_cmd.synthesize))
+app.command("preprocess")(boundary(preprocess_cmd.preprocess_cmd))
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(weights_cmd.app, name="weights")
 app.command("info")(boundary(info_cmd.info))
