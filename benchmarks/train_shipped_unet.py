@@ -83,17 +83,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--targets", nargs="+", default=["FLAIR", "T1ce", "T2", "T1"])
+    parser.add_argument("--loso-targets", nargs="+", default=None, help="targets to run LOSO folds for (default: all)")
+    parser.add_argument("--ship", action="store_true", help="only copy the final models into the package + manifest")
     args = parser.parse_args()
+    if args.ship:
+        ship(args.targets, args.steps)
+        return
     missing = [s for s, p in SUBJECTS.items() if not p.is_dir()]
     if missing:
         sys.exit(f"real data missing for {missing} under {REAL}")
     # Final (shipped) models first, then the leave-one-subject-out folds; reruns resume finished runs.
-    jobs = [(t, None) for t in args.targets] + [(t, h) for t in args.targets for h in SUBJECTS]
+    loso = args.loso_targets or args.targets
+    jobs = [(t, None) for t in args.targets] + [(t, h) for t in loso for h in SUBJECTS]
     with ThreadPoolExecutor(args.jobs) as pool:
         checkpoints = dict(zip(jobs, pool.map(lambda j: train(j[0], j[1], args.steps), jobs), strict=True))
     home = RUNS / "scoring-home"
     results = {"recipe": RECIPE, "steps": args.steps, "subjects": list(SUBJECTS), "targets": {}}
-    for target in args.targets:
+    for target in loso:
         folds = [score(target, h, checkpoints[(target, h)], home) for h in SUBJECTS]
         keys = [k for k in folds[0] if k not in ("held_out",)]
         mean = {k: round(sum(f[k] for f in folds) / len(folds), 4) for k in keys}
@@ -102,6 +108,62 @@ def main() -> None:
     out = REPO / "benchmarks" / "results" / "unet_loso.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+    ship(args.targets, args.steps)
+
+
+MANIFEST_HEADER = """\
+# mrsynth weights manifest: every trained model the tool can use, with what it does, how it was
+# trained, how well it did, and how to verify its files. Files are safetensors (never unpickled);
+# sha256 and size are checked before every load. Hub files are pinned to a 40-character revision.
+# The unet entries are written by benchmarks/train_shipped_unet.py --ship.
+"""
+
+
+def ship(targets: list[str], steps: int) -> None:
+    """Copy the final models into mrsynth_cli/weights/files and (re)write their manifest entries."""
+    import tomli_w
+
+    from mrsynth_cli.training.checkpoint import read_checkpoint_config
+    from mrsynth_cli.weights.importer import manifest_entry_for
+    from mrsynth_cli.weights.manifest import SCHEMA_VERSION, load_manifest, packaged_manifest_path
+    from mrsynth_cli.weights.store import copy_atomic, sha256_of
+
+    loso_path = REPO / "benchmarks" / "results" / "unet_loso.json"
+    loso = json.loads(loso_path.read_text())["targets"] if loso_path.exists() else {}
+    files_dir = REPO / "mrsynth_cli" / "weights" / "files"
+    manifest = REPO / "weights_manifest.toml"
+    import sys as _sys
+    if _sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    data = tomllib.loads(manifest.read_text())
+    models = {m["name"]: m for m in data.get("model", [])}
+    for target in targets:
+        checkpoint = RUNS / f"{target.lower()}-final" / "checkpoint"
+        info = read_checkpoint_config(checkpoint)
+        name = f"unet-{target.lower()}"
+        destination = files_dir / f"{name}.safetensors"
+        copy_atomic(checkpoint / "model.safetensors", destination)
+        metrics = {"protocol": "leave-one-subject-out over the 4 training subjects, same recipe; "
+                   "mrsynth evaluate on the native grid (0.5/99.5 percentile scaling in the brain)"}
+        if target in loso:
+            metrics.update({k: v for k, v in loso[target]["mean"].items() if k != "synthesize_seconds"})
+            metrics["folds"] = len(loso[target]["folds"])
+        else:
+            metrics["protocol"] = "not measured (leave-one-subject-out was not run for this target)"
+        models[name] = manifest_entry_for(
+            name=name, family="unet", config=info.config, weights_path=destination.name,
+            sha256=sha256_of(destination), size=destination.stat().st_size, version="0.1.0",
+            licence="weights: MIT; training data: BraTS 2023 (cite), Lesjak et al. 2017 (CC-BY), TCGA via BraTS-Toolkit",
+            training_data=f"{', '.join(SUBJECTS)} (real, skull-stripped; {info.step} steps, recipe {' '.join(RECIPE)})",
+            metrics=metrics,
+            description=f"regression UNet baseline: any subset of {'/'.join(info.config['inputs'])} -> {target}",
+        )
+    data = {"schema_version": SCHEMA_VERSION, "model": [models[k] for k in sorted(models)]}
+    manifest.write_text(MANIFEST_HEADER + tomli_w.dumps(data))
+    load_manifest(packaged_manifest_path())  # validate what was written
+    print(f"shipped {targets} into {files_dir} and {manifest}")
 
 
 if __name__ == "__main__":

@@ -110,18 +110,18 @@ def ensure_files(entry: ModelEntry, weights_dir: Path, *, allow_download: bool =
 
 
 def copy_atomic(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(fd)
-    try:
+    """Copy ``source`` to ``destination`` so that a reader never sees a partial file."""
+    from mrsynth_cli.io.atomic import atomic_path
+
+    with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_weights_dir_writable(weights_dir: Path) -> None:
-    weights_dir.mkdir(parents=True, exist_ok=True) if not weights_dir.exists() else None
+    """Create the weights folder if needed; refuse a read-only one (only import writes there)."""
+    try:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create weights folder {weights_dir}", "set MRSYNTH_HOME or --weights-dir") from exc
     if not os.access(weights_dir, os.W_OK):
         raise InputError(f"weights folder {weights_dir} is read-only", "set MRSYNTH_HOME or --weights-dir to a writable folder")
