@@ -83,11 +83,21 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             ema_b.copy_(b)
 
 
+def _warmup(settings: TrainSettings) -> int:
+    """Warm-up steps, at most a fifth of the run (short runs must still reach the full rate)."""
+    return max(1, min(settings.warmup_steps, settings.max_steps // 5))
+
+
+def _log_every(settings: TrainSettings) -> int:
+    return max(1, min(settings.log_every, settings.max_steps // 10))
+
+
 def _lr_factor(step: int, settings: TrainSettings) -> float:
     """Linear warm-up, then cosine decay to 10% at ``max_steps``."""
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    progress = min(1.0, (step - settings.warmup_steps) / max(1, settings.max_steps - settings.warmup_steps))
+    warmup = _warmup(settings)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, settings.max_steps - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -188,12 +198,13 @@ def train_loop(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                _ema_update(ema, network, settings.ema_decay if step > settings.warmup_steps else 0.0)
+                # EMA decay ramps up as (1 + step) / (10 + step) so that short runs' EMA is not the initial network.
+                _ema_update(ema, network, min(settings.ema_decay, (1 + step) / (10 + step)))
                 step += 1
                 running += total
                 record: dict[str, Any] = {}
-                if step % settings.log_every == 0:
-                    record = {"step": step, "loss": running / settings.log_every, "lr": scheduler.get_last_lr()[0],
+                if step % _log_every(settings) == 0:
+                    record = {"step": step, "loss": running / _log_every(settings), "lr": scheduler.get_last_lr()[0],
                               "minutes": (time.monotonic() - start) / 60}
                     running = 0.0
                     log.info("step %d loss %.4f", step, record["loss"])
