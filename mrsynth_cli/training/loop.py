@@ -198,8 +198,8 @@ def train_loop(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                # EMA decay ramps up as (1 + step) / (10 + step) so that short runs' EMA is not the initial network.
-                _ema_update(ema, network, min(settings.ema_decay, (1 + step) / (10 + step)))
+                # The EMA copies the network during warm-up, then averages with ``ema_decay``.
+                _ema_update(ema, network, settings.ema_decay if step > _warmup(settings) else 0.0)
                 step += 1
                 running += total
                 record: dict[str, Any] = {}
