@@ -22,10 +22,10 @@ install: $(VENV)/.installed
 
 demo: install
 	rm -rf $(DEMO_OUT)
-	$(BIN)/mrsynth phantom $(DEMO_OUT)/phantom --subjects 1 --seed 0 --resolution 2
-	$(BIN)/mrsynth evaluate --ref examples/cstar_stroke/T2.nii.gz --pred examples/cstar_stroke/FLAIR.nii.gz
-	$(BIN)/mrsynth evaluate --ref $(DEMO_OUT)/phantom/sub-01/anat/sub-01_T2w.nii.gz \
-		--pred $(DEMO_OUT)/phantom/sub-01/anat/sub-01_PDw.nii.gz --json --out $(DEMO_OUT)/phantom_T2w_vs_PDw.json
+	$(BIN)/mrsynth synthesize --in t1=examples/cstar_stroke/T1.nii.gz t2=examples/cstar_stroke/T2.nii.gz \
+		--target flair --out $(DEMO_OUT)/FLAIR_synth.nii.gz
+	$(BIN)/mrsynth evaluate --pred $(DEMO_OUT)/FLAIR_synth.nii.gz --ref examples/cstar_stroke/FLAIR.nii.gz \
+		--json --out $(DEMO_OUT)/FLAIR_synth_metrics.json
 
 test: install
 	$(BIN)/python -m pytest -q
