@@ -401,7 +401,8 @@ class SitkSettings:
         foreground_margin_mm: metric samples are drawn only from the fixed image's foreground (Otsu
             threshold, holes filled) grown by this margin; ``None`` samples the whole field of view.
         relaxation: the step shrinks by this factor whenever the gradient turns back.
-        min_step_fraction: a level stops when its step falls below this fraction of its first step.
+        min_step_fraction: a level stops when its step falls below this fraction of its first step
+            (coarser levels, finest level).
         affine_step_fraction: first step of the affine stage, as a fraction of the level's voxel size.
     """
 
@@ -417,7 +418,7 @@ class SitkSettings:
     clip_percentile: float = 99.5
     foreground_margin_mm: float | None = 10.0
     relaxation: float = 0.6
-    min_step_fraction: float = 1e-3
+    min_step_fraction: tuple[float, float] = (0.01, 0.001)
     affine_step_fraction: float = 0.5
 
 
@@ -429,12 +430,17 @@ def _prepare_intensities(volume: Volume, clip_percentile: float) -> np.ndarray:
     return np.clip(data, low, high).astype(np.float32, copy=False)
 
 
+def _factors(affine: np.ndarray, target_mm: float) -> tuple[int, ...]:
+    """Per-axis subsampling factors that bring the voxel size near ``target_mm`` (1 = keep)."""
+    if target_mm <= 0:
+        return (1, 1, 1)
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return tuple(int(f) for f in np.maximum(1, np.floor(target_mm / spacing + 0.5)))
+
+
 def _pyramid_level(data: np.ndarray, affine: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Smooth and subsample an image to about ``target_mm`` per axis (axes already coarser are kept)."""
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    if target_mm <= 0:
-        return data, affine
-    factors = np.maximum(1, np.floor(target_mm / spacing + 0.5)).astype(int)
+    factors = np.asarray(_factors(affine, target_mm))
     if np.all(factors == 1):
         return data, affine
     sigma_vox = np.where(factors > 1, 0.5 * factors, 0.0)
@@ -503,9 +509,21 @@ class _Levels:
         fixed_data = _prepare_intensities(fixed, settings.clip_percentile)
         use_foreground = fixed_mask is None and settings.foreground_margin_mm is not None
         threshold = _otsu_threshold(fixed_data) if use_foreground else None
+        # A level whose images equal the next level's (coarse inputs) is dropped: same work, fewer samples.
+        targets = [
+            (target, samples, iterations)
+            for k, (target, samples, iterations) in enumerate(
+                zip(settings.level_mm, settings.samples, settings.iterations)
+            )
+            if k == len(settings.level_mm) - 1
+            or _factors(fixed.affine, target) != _factors(fixed.affine, settings.level_mm[k + 1])
+            or _factors(moving.affine, target) != _factors(moving.affine, settings.level_mm[k + 1])
+        ]
+        self.targets = [t for t, _, _ in targets]
+        self.iterations = [i for _, _, i in targets]
         pyramid = [
             (_pyramid_level(fixed_data, fixed.affine, target), _pyramid_level(moving_data, moving.affine, target))
-            for target in settings.level_mm
+            for target, _, _ in targets
         ]
         self.unit_mm = _radius_of_gyration(*pyramid[0][0])
         to_units = np.diag([1.0 / self.unit_mm] * 3 + [1.0])
@@ -514,9 +532,7 @@ class _Levels:
         self.masks: list[sitk.Image | None] = []
         self.percent: list[float] = []
         self.spacing: list[float] = []
-        for ((f_data, f_affine), (m_data, m_affine)), samples, target in zip(
-            pyramid, settings.samples, settings.level_mm
-        ):
+        for ((f_data, f_affine), (m_data, m_affine)), (target, samples, _) in zip(pyramid, targets):
             self.fixed.append(_sitk_image(f_data, to_units @ f_affine))
             self.moving.append(_sitk_image(m_data, to_units @ m_affine))
             self.spacing.append(float(np.mean(np.linalg.norm(f_affine[:3, :3], axis=0))) / self.unit_mm)
@@ -604,8 +620,8 @@ def _run_level(
     method = _method(levels, index, settings, seed)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=step,
-        minStep=step * settings.min_step_fraction,
-        numberOfIterations=settings.iterations[index],
+        minStep=step * settings.min_step_fraction[1 if index == len(levels.fixed) - 1 else 0],
+        numberOfIterations=levels.iterations[index],
         relaxationFactor=settings.relaxation,
         gradientMagnitudeTolerance=1e-8,
     )
@@ -685,7 +701,7 @@ def _register_sitk(
     shift_mm = float(np.linalg.norm(translation)) * levels.unit_mm
     details: dict[str, Any] = {
         "init": init,
-        "levels_mm": list(settings.level_mm),
+        "levels_mm": list(levels.targets),
         "threads": settings.threads,
         "seed": seed,
         "unit_mm": round(levels.unit_mm, 3),
@@ -739,15 +755,24 @@ def _register_sitk(
         transform, metric, stop = _run_level(levels, index, transform, settings, seed, levels.spacing[index])
         stops.append(stop)
     if dof == 12:
+        finest = len(levels.fixed) - 1
+        rigid_metric = _evaluate(levels, finest, transform, settings, seed)
         affine = sitk.AffineTransform(3)
         affine.SetCenter(transform.GetCenter())
         affine.SetMatrix(transform.GetMatrix())
         affine.SetTranslation(transform.GetTranslation())
-        transform = affine
         for index in range(max(0, len(levels.fixed) - settings.affine_levels), len(levels.fixed)):
             step = settings.affine_step_fraction * levels.spacing[index]
-            transform, metric, stop = _run_level(levels, index, transform, settings, seed, step)
+            affine, _, stop = _run_level(levels, index, affine, settings, seed, step)
             stops.append(stop)
+        affine_metric = _evaluate(levels, finest, affine, settings, seed)
+        # The affine stage starts from the rigid optimum; keep it only if it improves the metric.
+        details["affine_accepted"] = bool(affine_metric < rigid_metric)
+        if affine_metric < rigid_metric:
+            transform, metric = affine, affine_metric
+        else:
+            metric = rigid_metric
+            log.info("the affine stage did not improve on the rigid result for %s; keeping the rigid one", moving.name)
     details["stop_conditions"] = stops
     return levels.to_mm(sitk_transform_to_matrix(transform)), metric, details
 
