@@ -185,6 +185,37 @@ class BaseSampler:
     def start(self, x_T: Tensor) -> None:
         """Called by the loop once, before the first step, with the initial state (Gaussian samplers ignore it)."""
 
+    def _setup(
+        self,
+        schedule: object,
+        schedule_type: type,
+        *,
+        spacing: str,
+        spacings: Sequence[str],
+        clip_range: tuple[float, float] | None,
+    ) -> None:
+        """Check and keep what every sampler has: its schedule, timestep spacing and x_0 clipping."""
+        if not isinstance(schedule, schedule_type):
+            raise SamplerConfigError(
+                f"{type(self).__name__} needs a {schedule_type.__name__}, got {type(schedule).__name__}",
+                f"build one with {schedule_type.__name__}(...)",
+            )
+        self.schedule = schedule
+        self.spacing = check_choice("spacing", spacing, spacings)
+        self.clip_range = check_clip_range(clip_range)
+
+    def _respaced_timesteps(self, num_inference_steps: int) -> None:
+        """Use ``num_inference_steps`` of the training timesteps, spaced by ``self.spacing``."""
+        from mrsynth_cli.sampling.schedule import respace
+
+        self._set_timesteps_list(respace(self.schedule.num_train_timesteps, num_inference_steps, self.spacing))
+
+    def _step_pair(self, t_index: int) -> tuple[int, int]:
+        """The timestep at ``t_index`` and the next one visited (-1 after the last: x_0)."""
+        self._check_index(t_index)
+        steps = self.timesteps
+        return steps[t_index], (steps[t_index + 1] if t_index + 1 < len(steps) else -1)
+
 
 def check_clip_range(clip_range: tuple[float, float] | None) -> tuple[float, float] | None:
     """Validate an optional ``(low, high)`` range for clipping the x_0 estimate (e.g. ``(-1, 1)``).

@@ -48,11 +48,10 @@ from mrsynth_cli.sampling.base import (
     SamplerConfigError,
     StepOutput,
     check_choice,
-    check_clip_range,
     clip_x0,
     draw_noise,
 )
-from mrsynth_cli.sampling.schedule import RESPACINGS, respace
+from mrsynth_cli.sampling.schedule import RESPACINGS
 
 __all__ = ["BRIDGE_OBJECTIVES", "BridgeSchedule", "BrownianBridgeSampler"]
 
@@ -173,25 +172,18 @@ class BrownianBridgeSampler(BaseSampler):
         clip_range: tuple[float, float] | None = None,
         num_inference_steps: int | None = None,
     ) -> None:
-        if not isinstance(schedule, BridgeSchedule):
-            raise SamplerConfigError(
-                f"the bridge sampler needs a BridgeSchedule, got {type(schedule).__name__}",
-                "build one with BridgeSchedule(...)",
-            )
         if not 0.0 <= float(eta) <= 1.0:
             raise SamplerConfigError(f"eta must be in [0, 1], got {eta}", "1 samples the posterior, 0 is deterministic")
-        self.schedule = schedule
+        self._setup(schedule, BridgeSchedule, spacing=spacing, spacings=RESPACINGS, clip_range=clip_range)
         self.objective = check_choice("objective", objective, BRIDGE_OBJECTIVES)
         self.eta = float(eta)
-        self.spacing = check_choice("spacing", spacing, RESPACINGS)
-        self.clip_range = check_clip_range(clip_range)
         self._source: Tensor | None = None
         if num_inference_steps is not None:
             self.set_timesteps(num_inference_steps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Choose ``num_inference_steps`` timesteps with ``spacing`` ("linear" visits both T-1 and 0)."""
-        self._set_timesteps_list(respace(self.schedule.num_train_timesteps, num_inference_steps, self.spacing))
+        self._respaced_timesteps(num_inference_steps)
 
     def start(self, x_T: Tensor) -> None:
         """Keep the source image ``y``: the bridge starts at ``x_T = y``."""

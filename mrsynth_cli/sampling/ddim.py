@@ -18,7 +18,6 @@ from mrsynth_cli.sampling.base import (
     SamplerConfigError,
     StepOutput,
     check_choice,
-    check_clip_range,
     clip_x0,
     draw_noise,
 )
@@ -27,7 +26,6 @@ from mrsynth_cli.sampling.schedule import (
     RESPACINGS,
     NoiseSchedule,
     eps_from_output,
-    respace,
     x0_from_output,
 )
 
@@ -82,32 +80,23 @@ class DDIMSampler(BaseSampler):
         clip_range: tuple[float, float] | None = None,
         num_inference_steps: int | None = None,
     ) -> None:
-        if not isinstance(schedule, NoiseSchedule):
-            raise SamplerConfigError(
-                f"DDIM needs a NoiseSchedule, got {type(schedule).__name__}", "build one with NoiseSchedule(...)"
-            )
         if not 0.0 <= float(eta) <= 1.0:
             raise SamplerConfigError(f"eta must be in [0, 1], got {eta}", "0 is deterministic DDIM, 1 is DDPM-like")
-        self.schedule = schedule
+        self._setup(schedule, NoiseSchedule, spacing=spacing, spacings=RESPACINGS, clip_range=clip_range)
         self.prediction_type = check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         self.eta = float(eta)
-        self.spacing = check_choice("spacing", spacing, RESPACINGS)
-        self.clip_range = check_clip_range(clip_range)
         if num_inference_steps is not None:
             self.set_timesteps(num_inference_steps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Choose ``num_inference_steps`` timesteps of the schedule with ``spacing``."""
-        self._set_timesteps_list(respace(self.schedule.num_train_timesteps, num_inference_steps, self.spacing))
+        self._respaced_timesteps(num_inference_steps)
 
     def step(
         self, model_output: Tensor, t_index: int, sample: Tensor, *, generator: torch.Generator | None = None
     ) -> StepOutput:
         """Move ``sample`` from ``timesteps[t_index]`` to the next timestep (or to x_0 after the last)."""
-        self._check_index(t_index)
-        steps = self.timesteps
-        t = steps[t_index]
-        t_prev = steps[t_index + 1] if t_index + 1 < len(steps) else -1
+        t, t_prev = self._step_pair(t_index)
         a_t = float(self.schedule.alpha_bar(t))
         a_prev = float(self.schedule.alpha_bar(t_prev))
         pred_x0 = clip_x0(x0_from_output(model_output, sample, a_t, self.prediction_type), self.clip_range)

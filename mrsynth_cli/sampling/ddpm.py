@@ -21,14 +21,12 @@ from torch import Tensor
 
 from mrsynth_cli.sampling.base import (
     BaseSampler,
-    SamplerConfigError,
     StepOutput,
     check_choice,
-    check_clip_range,
     clip_x0,
     draw_noise,
 )
-from mrsynth_cli.sampling.schedule import PREDICTION_TYPES, RESPACINGS, NoiseSchedule, respace, x0_from_output
+from mrsynth_cli.sampling.schedule import PREDICTION_TYPES, RESPACINGS, NoiseSchedule, x0_from_output
 
 __all__ = ["VARIANCE_TYPES", "DDPMSampler"]
 
@@ -60,30 +58,21 @@ class DDPMSampler(BaseSampler):
         clip_range: tuple[float, float] | None = None,
         num_inference_steps: int | None = None,
     ) -> None:
-        if not isinstance(schedule, NoiseSchedule):
-            raise SamplerConfigError(
-                f"DDPM needs a NoiseSchedule, got {type(schedule).__name__}", "build one with NoiseSchedule(...)"
-            )
-        self.schedule = schedule
+        self._setup(schedule, NoiseSchedule, spacing=spacing, spacings=RESPACINGS, clip_range=clip_range)
         self.prediction_type = check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         self.variance_type = check_choice("variance_type", variance_type, VARIANCE_TYPES)
-        self.spacing = check_choice("spacing", spacing, RESPACINGS)
-        self.clip_range = check_clip_range(clip_range)
         if num_inference_steps is not None:
             self.set_timesteps(num_inference_steps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Choose ``num_inference_steps`` timesteps of the schedule with ``spacing`` (T steps: every timestep)."""
-        self._set_timesteps_list(respace(self.schedule.num_train_timesteps, num_inference_steps, self.spacing))
+        self._respaced_timesteps(num_inference_steps)
 
     def step(
         self, model_output: Tensor, t_index: int, sample: Tensor, *, generator: torch.Generator | None = None
     ) -> StepOutput:
         """Draw ``x_prev ~ q(x_prev | x_t, pred_x0)`` for the step ``timesteps[t_index] -> next``."""
-        self._check_index(t_index)
-        steps = self.timesteps
-        t = steps[t_index]
-        t_prev = steps[t_index + 1] if t_index + 1 < len(steps) else -1
+        t, t_prev = self._step_pair(t_index)
         a_t = float(self.schedule.alpha_bar(t))
         a_prev = float(self.schedule.alpha_bar(t_prev))
         beta = 1.0 - a_t / a_prev  # the respaced beta
