@@ -159,3 +159,25 @@ def test_expand_multi_value_options(argv: list[str], expected: list[str]) -> Non
     from mrsynth_cli.cli.app import expand_multi_value_options
 
     assert expand_multi_value_options(argv) == expected
+
+
+def test_preprocess_writes_outputs_on_the_reference_grid(tiny_pair, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    t1, t2 = tiny_pair
+    out = tmp_path / "pre"
+    result = runner.invoke(
+        app, ["preprocess", "--in", f"t1={t1}", "--in", f"t2={t2}", "--out-dir", str(out), "--registration", "none"],
+        env={"MRSYNTH_DEBUG": "0"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "registration: none" in result.output and "brain_mask: already-stripped" in result.output
+    for name in ("T1_space-ref.nii.gz", "T2_space-ref.nii.gz", "brain_mask.nii.gz"):
+        image = nib.load(str(out / name))
+        np.testing.assert_array_equal(image.affine, nib.load(str(t1)).affine)
+    record = json.loads((out / "preprocess_record.json").read_text())
+    assert record["reference"] == str(t1) and record["backends"]["registration"] == "none"
+    again = runner.invoke(
+        app, ["preprocess", "--in", f"t1={t1}", "--out-dir", str(out), "--registration", "none"], env={"MRSYNTH_DEBUG": "0"}
+    )
+    assert_one_line_error(again, "not empty", "--force")

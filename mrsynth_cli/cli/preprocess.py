@@ -19,7 +19,7 @@ def preprocess_cmd(
     registration: RegistrationOpt = "auto",
     dof: Annotated[int, typer.Option("--dof", help="6 (rigid) or 12 (affine).")] = 6,
     brain_mask: Annotated[str, typer.Option("--brain-mask", help="auto, fsl or embedded.")] = "auto",
-    segmentation: SegmentationOpt = "auto",
+    segmentation: SegmentationOpt = "none",
     spacing: Annotated[float | None, typer.Option("--spacing", help="Also resample the model grid to this mm.")] = None,
     force: ForceOpt = False,
 ) -> None:

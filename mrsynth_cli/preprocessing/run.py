@@ -147,7 +147,12 @@ def preprocess(inputs: dict[Contrast, Path], options: PreprocessOptions | None =
 
     tissues = None
     if options.segmentation != "none":
-        from mrsynth_cli.preprocessing.tissues import segment_tissues
+        try:
+            from mrsynth_cli.preprocessing.tissues import segment_tissues
+        except ImportError as exc:
+            raise InputError(
+                "tissue segmentation is not available in this version of mrsynth", "use --segmentation none"
+            ) from exc
 
         tissues = segment_tissues(list(aligned.values()), mask_volume, method=options.segmentation)
         record.backends["tissues"] = tissues.method
