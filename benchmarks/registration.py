@@ -97,7 +97,8 @@ def random_rigid(rng: np.random.Generator, volume: Volume, max_deg: float, max_m
     angles = rng.uniform(-max_deg, max_deg, 3)
     shift = rng.uniform(-max_mm, max_mm, 3)
     centre = volume.affine[:3, :3] @ ((np.asarray(volume.shape) - 1) / 2) + volume.affine[:3, 3]
-    return rigid_matrix(angles, shift, centre), {"angles_deg": angles.round(2).tolist(), "shift_mm": shift.round(2).tolist()}
+    drawn = {"angles_deg": angles.round(2).tolist(), "shift_mm": shift.round(2).tolist()}
+    return rigid_matrix(angles, shift, centre), drawn
 
 
 def moved(volume: Volume, matrix: np.ndarray) -> Volume:
@@ -109,8 +110,9 @@ def stats(errors: np.ndarray) -> dict:
     return {"mean_mm": round(float(errors.mean()), 3), "max_mm": round(float(errors.max()), 3)}
 
 
-def run_pair(moving: Volume, fixed: Volume, truth: np.ndarray, points: np.ndarray, dof: int,
-             check_determinism: bool) -> dict:
+def run_pair(
+    moving: Volume, fixed: Volume, truth: np.ndarray, points: np.ndarray, dof: int, check_determinism: bool
+) -> dict:
     result = register(moving, fixed, method="sitk", dof=dof)
     errors = displacement(result.transform, truth, points)
     entry = {
@@ -128,8 +130,10 @@ def run_pair(moving: Volume, fixed: Volume, truth: np.ndarray, points: np.ndarra
         entry["deterministic"] = bool(np.array_equal(result.transform, again.transform))
         entry["seconds_second_run"] = round(again.seconds, 2)
     entry["goals_met"] = bool(
-        entry["mean_mm"] <= GOALS["real_mean_mm"] and entry["max_mm"] <= GOALS["real_max_mm"]
-        and entry["seconds"] <= GOALS["seconds"] and entry.get("deterministic", True)
+        entry["mean_mm"] <= GOALS["real_mean_mm"]
+        and entry["max_mm"] <= GOALS["real_max_mm"]
+        and entry["seconds"] <= GOALS["seconds"]
+        and entry.get("deterministic", True)
     )
     return entry, result.transform
 
@@ -139,8 +143,11 @@ def real_pairs(root: Path) -> list[tuple[str, str, str]]:
     for patient in sorted(p for p in root.glob("patient*") if p.is_dir()):
         for study in ("study1", "study2"):
             for contrast in ("T1W", "T2W"):
-                files = [patient / f"{study}_FLAIR.nii.gz", patient / f"{study}_{contrast}.nii.gz",
-                         patient / f"{study}_{contrast}_intrastudy_to_FLAIR.txt"]
+                files = [
+                    patient / f"{study}_FLAIR.nii.gz",
+                    patient / f"{study}_{contrast}.nii.gz",
+                    patient / f"{study}_{contrast}_intrastudy_to_FLAIR.txt",
+                ]
                 if all(f.is_file() for f in files):
                     pairs.append((patient.name, study, contrast))
     return pairs
@@ -178,8 +185,10 @@ def benchmark_real(root: Path, seed: int, dofs: tuple[int, ...], log) -> dict:
                 displacement(np.linalg.inv(perturbation) @ found, rigid_floor, points)
             )
             entry["runs"].append(run)
-            log(f"{entry['pair']} dof {dof}: mean {run['mean_mm']} max {run['max_mm']} mm, {run['seconds']} s, "
-                f"deterministic {run['deterministic']}")
+            log(
+                f"{entry['pair']} dof {dof}: mean {run['mean_mm']} max {run['max_mm']} mm, {run['seconds']} s, "
+                f"deterministic {run['deterministic']}"
+            )
         entries.append(entry)
     summary = {}
     for dof in dofs:
@@ -217,8 +226,15 @@ def benchmark_phantom(subjects: int, seed: int, log) -> dict:
             truth, drawn = random_rigid(np.random.default_rng([seed, 100 + k, j]), moving, 20.0, 20.0)
             run, _ = run_pair(moved(moving, truth), fixed, truth, points, 6, check_determinism=False)
             run["goals_met"] = bool(run["mean_mm"] <= GOALS["phantom_mean_mm"] and run["seconds"] <= GOALS["seconds"])
-            entries.append({"pair": f"phantom subject {k} {contrast} -> FLAIR", "grid": f"{fixed.shape} @ 1 mm",
-                            "simulate_s": round(simulate_s, 1), "perturbation": drawn, **run})
+            entries.append(
+                {
+                    "pair": f"phantom subject {k} {contrast} -> FLAIR",
+                    "grid": f"{fixed.shape} @ 1 mm",
+                    "simulate_s": round(simulate_s, 1),
+                    "perturbation": drawn,
+                    **run,
+                }
+            )
             log(f"{entries[-1]['pair']}: mean {run['mean_mm']} max {run['max_mm']} mm, {run['seconds']} s")
     return {
         "pairs": entries,
@@ -248,16 +264,19 @@ def main() -> None:
     real = benchmark_real(args.data, args.seed, dofs, log)
     phantom = benchmark_phantom(args.subjects, args.seed, log) if args.subjects > 0 else {"skipped": "--subjects 0"}
     settings = SitkSettings()
-    path = write_result("registration", {
-        "what": "embedded SimpleITK registration: accuracy against known transforms, time, determinism",
-        "goals": GOALS,
-        "simpleitk": sitk.Version_VersionString(),
-        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-        "seed": args.seed,
-        "real": real,
-        "phantom": phantom,
-        "total_seconds": round(time.perf_counter() - started, 1),
-    })
+    path = write_result(
+        "registration",
+        {
+            "what": "embedded SimpleITK registration: accuracy against known transforms, time, determinism",
+            "goals": GOALS,
+            "simpleitk": sitk.Version_VersionString(),
+            "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+            "seed": args.seed,
+            "real": real,
+            "phantom": phantom,
+            "total_seconds": round(time.perf_counter() - started, 1),
+        },
+    )
     log(f"wrote {path}")
 
 

@@ -24,8 +24,8 @@ from mrsynth_cli.io.volume import Volume, load_volume
 from mrsynth_cli.preprocessing import registration as reg
 from mrsynth_cli.preprocessing.registration import (
     Grid,
-    fsl_scaled_voxel_matrix,
     flirt_to_world,
+    fsl_scaled_voxel_matrix,
     load_transform,
     register,
     resample_to_reference,
@@ -95,7 +95,9 @@ def head_volume(
     return Volume(np.clip(data, 0, None).astype(np.float32), np.asarray(affine, float), nib.Nifti1Header(), path)
 
 
-def centred_affine(spacing: tuple[float, float, float], shape: tuple[int, int, int], rotation=np.eye(3), flip=(1, 1, 1)):
+def centred_affine(
+    spacing: tuple[float, float, float], shape: tuple[int, int, int], rotation=np.eye(3), flip=(1, 1, 1)
+) -> np.ndarray:
     linear = rotation @ np.diag(np.asarray(spacing) * np.asarray(flip))
     affine = np.eye(4)
     affine[:3, :3] = linear
@@ -274,8 +276,10 @@ def test_non_overlapping_images_are_an_input_error(fixed_head: Volume) -> None:
 
 def test_metric_without_overlapping_samples_is_an_input_error(fixed_head: Volume, monkeypatch) -> None:
     def fail(*args, **kwargs):
-        raise RuntimeError("itk::ERROR: MattesMutualInformationImageToImageMetricv4(0x1): "
-                           "Too many samples map outside moving image buffer: 10 / 10000")
+        raise RuntimeError(
+            "itk::ERROR: MattesMutualInformationImageToImageMetricv4(0x1): "
+            "Too many samples map outside moving image buffer: 10 / 10000"
+        )
 
     monkeypatch.setattr(reg, "_register_sitk", fail)
     with pytest.raises(InputError, match="do not overlap"):
@@ -335,8 +339,10 @@ def test_flirt_conversion_matches_fslpy(tmp_path: Path, fixed_name: str, moving_
     from fsl.data.image import Image
     from fsl.transform.flirt import fromFlirt
 
-    fixed_path = write_nifti(tmp_path / "fixed.nii.gz", np.arange(12 * 14 * 10).reshape(12, 14, 10), AFFINES[fixed_name])
-    moving_path = write_nifti(tmp_path / "moving.nii.gz", np.arange(9 * 11 * 13).reshape(9, 11, 13), AFFINES[moving_name])
+    fixed_data = np.arange(12 * 14 * 10).reshape(12, 14, 10)
+    moving_data = np.arange(9 * 11 * 13).reshape(9, 11, 13)
+    fixed_path = write_nifti(tmp_path / "fixed.nii.gz", fixed_data, AFFINES[fixed_name])
+    moving_path = write_nifti(tmp_path / "moving.nii.gz", moving_data, AFFINES[moving_name])
     fixed, moving = load_volume(fixed_path), load_volume(moving_path)
     transform = rigid_matrix((7.0, -11.0, 4.0), (5.0, 2.0, -3.0))
     matrix = world_to_flirt(transform, Grid.of(moving), Grid.of(fixed))
@@ -376,13 +382,15 @@ def test_load_transform_errors(tmp_path: Path) -> None:
 def test_load_transform_reads_itk_text_files(tmp_path: Path) -> None:
     """The open_ms dataset's format: a MatrixOffsetTransformBase with a centre (FixedParameters)."""
     path = tmp_path / "T1W_intrastudy_to_FLAIR.txt"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         #Insight Transform File V1.0
         #Transform 0
         Transform: MatrixOffsetTransformBase_double_3_3
         Parameters: 1 0 0 0 1 0 0 0 1 1.5 -2 3
         FixedParameters: -0.85 11.45 -5.15
-        """))
+        """)
+    )
     expected = np.eye(4)
     expected[:3, 3] = [-1.5, 2.0, 3.0]  # LPS (1.5, -2, 3) in RAS
     np.testing.assert_allclose(load_transform(path), expected, atol=1e-9)
@@ -422,7 +430,8 @@ if problems or {fail!r}:
 np.savetxt(value("-omat"), np.array({matrix!r}))
 ref = nib.load(value("-ref"))
 out = value("-out")
-nib.save(nib.Nifti1Image(np.asarray(ref.dataobj) * 0 + 7, ref.affine, ref.header), out if out.endswith(".nii.gz") else out + ".nii.gz")
+out = out if out.endswith(".nii.gz") else out + ".nii.gz"
+nib.save(nib.Nifti1Image(np.asarray(ref.dataobj) * 0 + 7, ref.affine, ref.header), out)
 """
 
 
@@ -442,10 +451,12 @@ def make_fake_fsl(tmp_path: Path, monkeypatch, *, matrix: np.ndarray, dof: str =
 
 
 def flirt_pair() -> tuple[Volume, Volume]:
-    fixed = Volume(np.ones((10, 10, 10), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), nib.Nifti1Header(),
-                   Path("flair.nii.gz"))
-    moving = Volume(np.ones((12, 10, 10), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), nib.Nifti1Header(),
-                    Path("t1.nii.gz"))
+    fixed = Volume(
+        np.ones((10, 10, 10), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), nib.Nifti1Header(), Path("flair.nii.gz")
+    )
+    moving = Volume(
+        np.ones((12, 10, 10), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), nib.Nifti1Header(), Path("t1.nii.gz")
+    )
     fixed.data[2:8, 2:8, 2:8] = 5.0
     moving.data[3:9, 2:8, 2:8] = 5.0
     return moving, fixed

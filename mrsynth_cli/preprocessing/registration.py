@@ -22,7 +22,16 @@ local optimiser alone gets stuck for large initial rotations), then local refine
 is Mattes mutual information (Mattes et al., "PET-CT image registration in the chest using
 free-form deformations", IEEE TMI 22(1), 2003) with 50 bins, because SimpleITK has no
 correlation-ratio metric; settings follow the SimpleITK registration notebooks
-(InsightSoftwareConsortium/SimpleITK-Notebooks, ``60_Registration_Introduction``).
+(InsightSoftwareConsortium/SimpleITK-Notebooks, ``60_Registration_Introduction``). Details that
+matter in practice, each explained where it is implemented:
+
+* metric samples come only from the fixed image's foreground (plus a 10 mm margin), so that
+  moving background in or out of the overlap does not pay (:class:`SitkSettings`);
+* coordinates are normalised by the head's radius of gyration so that one step length suits
+  rotations, matrix entries and translations alike (:class:`_Levels`);
+* every level is checked to have improved the metric, else its start is kept (:func:`_run_level`);
+* sampling uses a fixed, non-zero seed and ITK runs single-threaded during registration, so two
+  runs give bit-identical matrices (:func:`_sitk_seed`, :func:`_itk_threads`).
 """
 
 from __future__ import annotations
@@ -45,12 +54,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from mrsynth_cli.errors import GeometryError, InputError, RuntimeFailure
+from mrsynth_cli.errors import InputError, RuntimeFailure
 from mrsynth_cli.fsl import find_fsl_tool
 from mrsynth_cli.io.atomic import atomic_path
 from mrsynth_cli.io.volume import Volume, check_same_grid
 from mrsynth_cli.preprocessing.sitk_convert import (
-    affine_from_sitk,
     matrix_to_sitk_transform,
     sitk_to_array_on,
     sitk_transform_to_matrix,
@@ -71,6 +79,7 @@ __all__ = [
     "world_to_flirt",
     "flirt_to_world",
     "rigid_matrix",
+    "TRANSFORM_CONVENTION",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,15 +185,17 @@ def world_to_flirt(transform: np.ndarray, moving: Grid, fixed: Grid) -> np.ndarr
     :func:`fsl_scaled_voxel_matrix`), so that ``flirt -applyxfm -init M -in moving -ref fixed``
     reproduces the same resampling.
     """
-    return _world_to_fsl(fixed) @ np.linalg.inv(np.asarray(transform, dtype=np.float64)) @ np.linalg.inv(
-        _world_to_fsl(moving)
+    return (
+        _world_to_fsl(fixed)
+        @ np.linalg.inv(np.asarray(transform, dtype=np.float64))
+        @ np.linalg.inv(_world_to_fsl(moving))
     )
 
 
 def flirt_to_world(flirt_matrix: np.ndarray, moving: Grid, fixed: Grid) -> np.ndarray:
     """The inverse of :func:`world_to_flirt`: a FLIRT ``-omat`` matrix as a fixed → moving RAS transform."""
-    moving_to_fixed = np.linalg.inv(_world_to_fsl(fixed)) @ np.asarray(flirt_matrix, dtype=np.float64) @ _world_to_fsl(
-        moving
+    moving_to_fixed = (
+        np.linalg.inv(_world_to_fsl(fixed)) @ np.asarray(flirt_matrix, dtype=np.float64) @ _world_to_fsl(moving)
     )
     return np.linalg.inv(moving_to_fixed)
 
@@ -406,9 +417,9 @@ class SitkSettings:
         affine_step_fraction: first step of the affine stage, as a fraction of the level's voxel size.
     """
 
-    level_mm: tuple[float, ...] = (6.0, 3.0, 1.5)
-    samples: tuple[int, ...] = (12000, 20000, 40000)
-    iterations: tuple[int, ...] = (100, 100, 100)
+    level_mm: tuple[float, ...] = (6.0, 3.0, 1.5, 0.0)
+    samples: tuple[int, ...] = (12000, 20000, 40000, 60000)
+    iterations: tuple[int, ...] = (100, 100, 100, 60)
     bins: int = 50
     search_angles_deg: tuple[float, ...] = (-30.0, 0.0, 30.0)
     search_flips_deg: tuple[float, ...] = (90.0, -90.0, 180.0)
@@ -420,6 +431,10 @@ class SitkSettings:
     relaxation: float = 0.6
     min_step_fraction: tuple[float, float] = (0.01, 0.001)
     affine_step_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not len(self.level_mm) == len(self.samples) == len(self.iterations) >= 1:
+            raise ValueError("level_mm, samples and iterations need one entry per level")
 
 
 def _prepare_intensities(volume: Volume, clip_percentile: float) -> np.ndarray:
@@ -509,16 +524,16 @@ class _Levels:
         fixed_data = _prepare_intensities(fixed, settings.clip_percentile)
         use_foreground = fixed_mask is None and settings.foreground_margin_mm is not None
         threshold = _otsu_threshold(fixed_data) if use_foreground else None
-        # A level whose images equal the next level's (coarse inputs) is dropped: same work, fewer samples.
-        targets = [
-            (target, samples, iterations)
-            for k, (target, samples, iterations) in enumerate(
-                zip(settings.level_mm, settings.samples, settings.iterations)
-            )
-            if k == len(settings.level_mm) - 1
-            or _factors(fixed.affine, target) != _factors(fixed.affine, settings.level_mm[k + 1])
-            or _factors(moving.affine, target) != _factors(moving.affine, settings.level_mm[k + 1])
-        ]
+        # Levels whose images would be identical (coarse inputs) are merged into the finer one,
+        # keeping the larger sample count and iteration budget.
+        targets: list[tuple[float, int, int]] = []
+        for target, samples, iterations in zip(settings.level_mm, settings.samples, settings.iterations, strict=True):
+            if targets and all(
+                _factors(a, targets[-1][0]) == _factors(a, target) for a in (fixed.affine, moving.affine)
+            ):
+                _, last_samples, last_iterations = targets.pop()
+                samples, iterations = max(samples, last_samples), max(iterations, last_iterations)
+            targets.append((target, samples, iterations))
         self.targets = [t for t, _, _ in targets]
         self.iterations = [i for _, _, i in targets]
         pyramid = [
@@ -532,7 +547,7 @@ class _Levels:
         self.masks: list[sitk.Image | None] = []
         self.percent: list[float] = []
         self.spacing: list[float] = []
-        for ((f_data, f_affine), (m_data, m_affine)), (target, samples, _) in zip(pyramid, targets):
+        for ((f_data, f_affine), (m_data, m_affine)), (target, samples, _) in zip(pyramid, targets, strict=True):
             self.fixed.append(_sitk_image(f_data, to_units @ f_affine))
             self.moving.append(_sitk_image(m_data, to_units @ m_affine))
             self.spacing.append(float(np.mean(np.linalg.norm(f_affine[:3, :3], axis=0))) / self.unit_mm)
@@ -616,7 +631,14 @@ def _method(levels: _Levels, index: int, settings: SitkSettings, seed: int) -> s
 def _run_level(
     levels: _Levels, index: int, transform: sitk.Transform, settings: SitkSettings, seed: int, step: float
 ) -> tuple[sitk.Transform, float, str]:
-    """Optimise ``transform`` in place at one level (regular-step gradient descent, first step ``step``)."""
+    """Optimise ``transform`` in place at one level (regular-step gradient descent, first step ``step``).
+
+    Regular-step gradient descent does not guarantee a decrease: on a noisy level it can wander
+    off. The metric is therefore evaluated on the level's samples before and after, and the start
+    is kept when the optimiser made it worse.
+    """
+    before = _evaluate(levels, index, transform, settings, seed)
+    start = transform.GetParameters()
     method = _method(levels, index, settings, seed)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=step,
@@ -627,7 +649,12 @@ def _run_level(
     )
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(levels.fixed[index], levels.moving[index])
-    return transform, float(method.GetMetricValue()), method.GetOptimizerStopConditionDescription()
+    stop = method.GetOptimizerStopConditionDescription()
+    after = _evaluate(levels, index, transform, settings, seed)
+    if after > before:
+        transform.SetParameters(start)
+        return transform, before, f"reverted (metric {after:.4f} > {before:.4f} at the start) after: {stop}"
+    return transform, after, stop
 
 
 def _evaluate(levels: _Levels, index: int, transform: sitk.Transform, settings: SitkSettings, seed: int) -> float:
@@ -708,8 +735,12 @@ def _register_sitk(
         "initial_translation_mm": [round(float(v) * levels.unit_mm, 3) for v in translation],
     }
     if shift_mm > 60:
-        log.warning("%s and %s are %.0f mm apart by their headers; aligning their centres first",
-                    moving.name, fixed.name, shift_mm)
+        log.warning(
+            "%s and %s are %.0f mm apart by their headers; aligning their centres first",
+            moving.name,
+            fixed.name,
+            shift_mm,
+        )
     if not _boxes_overlap(levels.fixed[0], levels.moving[0], _euler_from(center, translation, (0.0, 0.0, 0.0))):
         raise _no_overlap_error(moving, fixed, "their bounding boxes do not intersect after initialisation")
 
@@ -830,27 +861,40 @@ def _register_flirt(moving: Volume, fixed: Volume, dof: int, work_dir: Path) -> 
         # fslpy returns a Results dict whose .stdout is the runner's (stdout, stderr, exit code).
         _, stderr, code = outputs.stdout
     except FSLNotPresent as exc:
-        raise RuntimeFailure(f"FLIRT was requested for {names} but FSL is not set up ({exc})",
-                             "set FSLDIR to your FSL installation, or use --registration sitk") from exc
+        raise RuntimeFailure(
+            f"FLIRT was requested for {names} but FSL is not set up ({exc})",
+            "set FSLDIR to your FSL installation, or use --registration sitk",
+        ) from exc
     except (FileNotFoundError, PermissionError) as exc:
-        raise RuntimeFailure(f"FLIRT could not be started for {names} ({exc})",
-                             "check $FSLDIR/bin/flirt, or use --registration sitk") from exc
+        raise RuntimeFailure(
+            f"FLIRT could not be started for {names} ({exc})", "check $FSLDIR/bin/flirt, or use --registration sitk"
+        ) from exc
     except (subprocess.CalledProcessError, RuntimeError, AssertionError) as exc:
-        raise RuntimeFailure(f"FLIRT failed for {names} ({str(exc).splitlines()[0][:160]})",
-                             "check the inputs, or use --registration sitk") from exc
+        raise RuntimeFailure(
+            f"FLIRT failed for {names} ({str(exc).splitlines()[0][:160]})",
+            "check the inputs, or use --registration sitk",
+        ) from exc
     if code != 0:
         last = next((line for line in reversed(str(stderr or "").splitlines()) if line.strip()), "no message")
-        raise RuntimeFailure(f"FLIRT failed for {names} (exit code {code}: {last[:160]})",
-                             "check the inputs and FSL, or use --registration sitk")
+        raise RuntimeFailure(
+            f"FLIRT failed for {names} (exit code {code}: {last[:160]})",
+            "check the inputs and FSL, or use --registration sitk",
+        )
     try:
         matrix = np.loadtxt(omat, dtype=np.float64)
     except (OSError, ValueError) as exc:
-        raise RuntimeFailure(f"FLIRT did not write a readable matrix for {names} ({omat})",
-                             "check the FSL installation, or use --registration sitk") from exc
+        raise RuntimeFailure(
+            f"FLIRT did not write a readable matrix for {names} ({omat})",
+            "check the FSL installation, or use --registration sitk",
+        ) from exc
     if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
         raise RuntimeFailure(f"FLIRT wrote an invalid matrix {omat} for {names}", "use --registration sitk")
-    details = {"flirt": str(find_fsl_tool("flirt")), "omat": str(omat), "cost": "corratio",
-               "flirt_matrix": matrix.tolist()}
+    details = {
+        "flirt": str(find_fsl_tool("flirt")),
+        "omat": str(omat),
+        "cost": "corratio",
+        "flirt_matrix": matrix.tolist(),
+    }
     return flirt_to_world(matrix, Grid.of(moving), Grid.of(fixed)), out, details
 
 
