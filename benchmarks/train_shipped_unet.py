@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["FLAIR", "T1ce", "T2", "T1"])
     parser.add_argument("--loso-targets", nargs="+", default=None, help="targets to run LOSO folds for (default: all)")
     parser.add_argument("--ship", action="store_true", help="only copy the final models into the package + manifest")
+    parser.add_argument("--folds-only", action="store_true",
+                        help="train and score only the LOSO folds, merge them into the results JSON, ship nothing")
     args = parser.parse_args()
     if args.ship:
         ship(args.targets, args.steps)
@@ -94,21 +96,25 @@ def main() -> None:
         sys.exit(f"real data missing for {missing} under {REAL}")
     # Final (shipped) models first, then the leave-one-subject-out folds; reruns resume finished runs.
     loso = args.loso_targets or args.targets
-    jobs = [(t, None) for t in args.targets] + [(t, h) for t in loso for h in SUBJECTS]
+    finals = [] if args.folds_only else [(t, None) for t in args.targets]
+    jobs = finals + [(t, h) for t in loso for h in SUBJECTS]
     with ThreadPoolExecutor(args.jobs) as pool:
         checkpoints = dict(zip(jobs, pool.map(lambda j: train(j[0], j[1], args.steps), jobs), strict=True))
     home = RUNS / "scoring-home"
-    results = {"recipe": RECIPE, "steps": args.steps, "subjects": list(SUBJECTS), "targets": {}}
+    out = REPO / "benchmarks" / "results" / "unet_loso.json"
+    previous = json.loads(out.read_text())["targets"] if args.folds_only and out.exists() else {}
+    results = {"recipe": RECIPE, "steps": args.steps, "subjects": list(SUBJECTS), "targets": previous}
     for target in loso:
         folds = [score(target, h, checkpoints[(target, h)], home) for h in SUBJECTS]
         keys = [k for k in folds[0] if k not in ("held_out",)]
         mean = {k: round(sum(f[k] for f in folds) / len(folds), 4) for k in keys}
-        results["targets"][target] = {"folds": folds, "mean": mean, "final_checkpoint": str(checkpoints[(target, None)])}
+        final = checkpoints.get((target, None), RUNS / f"{target.lower()}-final" / "checkpoint")
+        results["targets"][target] = {"folds": folds, "mean": mean, "final_checkpoint": str(final)}
         print(target, mean, flush=True)
-    out = REPO / "benchmarks" / "results" / "unet_loso.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
-    ship(args.targets, args.steps)
+    if not args.folds_only:
+        ship(args.targets, args.steps)
 
 
 MANIFEST_HEADER = """\

@@ -76,12 +76,12 @@ def synthesize(request: SynthesisRequest) -> dict[Contrast, Path]:
     """
     import torch
 
+    from mrsynth_cli.devices import is_out_of_memory, resolve_device
     from mrsynth_cli.paths import weights_dir as default_weights_dir
     from mrsynth_cli.preprocessing.run import PreprocessOptions, preprocess
     from mrsynth_cli.registry import get_family, load_adapter
     from mrsynth_cli.routing import choose_models
     from mrsynth_cli.training.checkpoint import load_weights
-    from mrsynth_cli.training.loop import resolve_device
     from mrsynth_cli.weights.manifest import all_entries
     from mrsynth_cli.weights.store import ensure_files
 
@@ -107,6 +107,7 @@ def synthesize(request: SynthesisRequest) -> dict[Contrast, Path]:
     device = resolve_device(request.device)
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
+    fallback_from: str | None = None
     written: dict[Contrast, Path] = {}
     by_model: dict[str, list[Contrast]] = {}
     for target, entry in chosen.items():
@@ -139,9 +140,12 @@ def synthesize(request: SynthesisRequest) -> dict[Contrast, Path]:
                     model, config, prep, targets, sampler=request.sampler, steps=request.steps,
                     generator=generator, device=device, progress=request.progress,
                 ))
-            except torch.cuda.OutOfMemoryError:
-                log.warning("GPU out of memory; retrying on the CPU (slower)")
-                torch.cuda.empty_cache()
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc) or device.type == "cpu":
+                    raise
+                # map_batches already went down to one slice per batch: the model itself does not fit.
+                log.warning("%s ran out of memory even one slice at a time; continuing on the CPU (slower)", device)
+                fallback_from = str(device)
                 device = torch.device("cpu")
                 model = adapter.load_model(config, weights, device)
                 draws.append(adapter.synthesize(
@@ -176,6 +180,7 @@ def synthesize(request: SynthesisRequest) -> dict[Contrast, Path]:
             },
             "Sampler": sampler_used, "Steps": request.steps if get_family(entry.family).stochastic else None,
             "Samples": request.samples, "Seed": request.seed, "Device": str(device),
+            "DeviceFallback": f"{fallback_from} ran out of memory; finished on the CPU" if fallback_from else None,
             "Backends": prep.record.backends,
             "Reference": str(prep.reference.path),
             "Units": "arbitrary: 0-1 spans the 0.5-99.5 percentile range inside the brain of the training data",

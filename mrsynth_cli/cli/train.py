@@ -20,6 +20,14 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Run folder: checkpoint/, tr
 MaxStepsOpt = Annotated[int, typer.Option("--max-steps", min=1, help="Stop after this many optimiser steps.")]
 MaxMinutesOpt = Annotated[float | None, typer.Option("--max-minutes", help="Stop after this many minutes (checkpoint kept).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same options).")]
+AugmentOpt = Annotated[
+    str,
+    typer.Option(
+        "--augment",
+        help="Augmentations: none, all, or a comma list of flip (left-right), affine (rotation/zoom), "
+        "gamma and noise (inputs only).",
+    ),
+]
 ValidateOpt = Annotated[
     list[str] | None, typer.Option("--validation-subject", help="Subject ID(s) held out for validation metrics.")
 ]
@@ -44,6 +52,7 @@ def train_unet_cmd(
     validation_subject: ValidateOpt = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 200,
     validate_every: Annotated[int, typer.Option("--validate-every", min=1, help="Steps between validations.")] = 500,
+    augment: AugmentOpt = "flip",
     resume: ResumeOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -58,6 +67,7 @@ def train_unet_cmd(
     from mrsynth_cli.families.unet.train import train_unet
     from mrsynth_cli.io.contrasts import Contrast, parse_contrast
     from mrsynth_cli.paths import cache_dir
+    from mrsynth_cli.training.augment import AugmentSettings
     from mrsynth_cli.training.loop import TrainSettings
 
     target_c = parse_contrast(target)
@@ -82,6 +92,7 @@ def train_unet_cmd(
     settings = TrainSettings(
         max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, seed=seed, device=device,
         checkpoint_every=checkpoint_every, validate_every=validate_every,
+        augment=AugmentSettings.parse(augment).to_spec(),
     )
     ckpt, summary = train_unet(
         data, config, out, settings, validation_subjects=validation_subject, resume=resume,

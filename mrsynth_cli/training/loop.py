@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,8 +25,9 @@ import torch
 
 from mrsynth_cli.errors import InputError
 from mrsynth_cli.training.checkpoint import load_train_state, read_checkpoint_config, save_checkpoint
+from mrsynth_cli.training.distributed import DistributedContext, setup_distributed
 
-__all__ = ["TrainSettings", "train_loop", "resolve_device"]
+__all__ = ["TrainSettings", "train_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +48,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     warmup_steps: int = 100
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA, then MPS, then CPU; an explicitly requested missing device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device '{name}'", "use auto, cpu, cuda, cuda:N or mps") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{name}' was requested but no CUDA GPU is available", "use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(
-                f"device '{name}' does not exist ({torch.cuda.device_count()} GPU(s) found)", "pick an existing GPU index"
-            )
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise InputError("device 'mps' was requested but is not available", "use --device cpu or auto")
-    return device
+    augment: str = "flip"
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -113,16 +89,25 @@ def train_loop(
     validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     resume: bool = False,
     progress: bool = False,
+    distributed: DistributedContext | None = None,
 ) -> Path:
     """Train ``network`` and return the final checkpoint folder (``out_dir/checkpoint``).
+
+    Under ``torchrun`` (see :mod:`mrsynth_cli.training.distributed`) every rank runs this loop on its
+    own batches; rank 0 writes the checkpoints and the log.
 
     Raises:
         InputError: ``--resume`` without a checkpoint, or with a checkpoint of another family/config.
     """
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
-    device = resolve_device(settings.device)
+    ctx = distributed or setup_distributed(settings.device)
+    device = ctx.device
     network = network.to(device)
+    model = network
+    if ctx.active:
+        device_ids = [device] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
     ema = copy.deepcopy(network).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -130,8 +115,9 @@ def train_loop(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    rng = np.random.default_rng(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
+    # Each rank draws its own batches and noise; one process keeps the plain seed.
+    rng = np.random.default_rng(settings.seed if not ctx.active else [settings.seed, ctx.rank])
+    generator = torch.Generator().manual_seed(settings.seed + 1_000_003 * ctx.rank)
     step = 0
     if resume:
         info = read_checkpoint_config(ckpt)
@@ -141,38 +127,57 @@ def train_loop(
                 "use the same options as the run being resumed, or a new --out",
             )
         state = load_train_state(ckpt)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != ctx.world_size:
+            raise InputError(
+                f"cannot resume: {ckpt} was trained with {saved_world} process(es), this run has {ctx.world_size}",
+                f"resume with the same number of processes ({saved_world})",
+            )
         network.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        generator.set_state(state["torch_rng"])
+        numpy_states = json.loads(state["numpy_rng"])
+        torch_states = state["torch_rng"]
+        if ctx.active:  # one generator state per rank
+            numpy_states, torch_states = numpy_states[ctx.rank], torch_states[ctx.rank]
+        rng.bit_generator.state = numpy_states
+        generator.set_state(torch_states)
         step = int(state["step"])
         log.info("resumed from %s at step %d", ckpt, step)
     elif (ckpt / "config.json").exists():
         raise InputError(f"{out_dir} already holds a training run", "pass --resume to continue it, or choose a new --out")
 
     def checkpoint(final: bool = False) -> None:
+        # Every rank's generators are saved (collected on all ranks), so --resume replays each of them.
+        numpy_states = ctx.gather(rng.bit_generator.state)
+        torch_states = ctx.gather(generator.get_state())
+        if not ctx.is_main:
+            ctx.barrier()
+            return
         state = {
             "model": network.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": generator.get_state(),
+            "numpy_rng": json.dumps(numpy_states if ctx.active else numpy_states[0]),
+            "torch_rng": torch_states if ctx.active else torch_states[0],
             "step": step,
+            "world_size": ctx.world_size,
         }
         save_checkpoint(
             ckpt, family=family, config=config, weights=ema.state_dict(), train_state=state, step=step,
-            training={**asdict(settings), "device": str(device), "final": final},
+            training={**asdict(settings), "device": str(device), "world_size": ctx.world_size, "final": final},
         )
+        ctx.barrier()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "train_log.jsonl"
+    # Only rank 0 logs; the others write to nowhere.
+    log_path = out_dir / "train_log.jsonl" if ctx.is_main else Path(os.devnull)
     start = time.monotonic()
     running = 0.0
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from rich.progress import Progress
 
         bar = Progress(transient=True)
@@ -181,7 +186,9 @@ def train_loop(
     try:
         with log_path.open("a") as log_file:
             while step < settings.max_steps:
-                if settings.max_minutes is not None and (time.monotonic() - start) / 60 > settings.max_minutes:
+                minutes = (time.monotonic() - start) / 60
+                out_of_time = settings.max_minutes is not None and minutes > settings.max_minutes
+                if ctx.any(out_of_time):
                     log.info("stopping at step %d: --max-minutes %.1f reached", step, settings.max_minutes)
                     break
                 network.train()
@@ -190,9 +197,10 @@ def train_loop(
                 for _ in range(settings.grad_accum):
                     batch = sample_batch(rng)
                     with torch.autocast(device_type=device.type, enabled=use_amp):
-                        loss = compute_loss(network, batch, generator) / settings.grad_accum
+                        loss = compute_loss(model, batch, generator) / settings.grad_accum
                     scaler.scale(loss).backward()
                     total += float(loss.detach())
+                total = ctx.mean(total)
                 if not math.isfinite(total):
                     raise InputError(f"training diverged at step {step} (loss {total})", "lower --lr or check the data")
                 scaler.step(optimizer)
@@ -208,7 +216,7 @@ def train_loop(
                               "minutes": (time.monotonic() - start) / 60}
                     running = 0.0
                     log.info("step %d loss %.4f", step, record["loss"])
-                if validate is not None and step % settings.validate_every == 0:
+                if validate is not None and ctx.is_main and step % settings.validate_every == 0:
                     record = {**record, "step": step, "validation": validate(ema)}
                     log.info("step %d validation %s", step, record["validation"])
                 if record:
@@ -218,7 +226,7 @@ def train_loop(
                     checkpoint()
                 if bar is not None:
                     bar.update(task, completed=step)
-            if validate is not None and step % settings.validate_every != 0:
+            if validate is not None and ctx.is_main and step % settings.validate_every != 0:
                 log_file.write(json.dumps({"step": step, "validation": validate(ema)}) + "\n")
             checkpoint(final=True)
     finally:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from monai.networks.nets import UNet
 
+from mrsynth_cli.devices import map_batches
 from mrsynth_cli.families.unet.config import UNetConfig
 from mrsynth_cli.io.contrasts import Contrast
 
@@ -54,10 +55,11 @@ def predict_volume(
     output = np.zeros(shape, np.float32)
     slices = [z for z in range(shape[2]) if brain_mask[..., z].any()]
     network.eval()
-    for start in range(0, len(slices), batch_size):
-        chunk = slices[start : start + batch_size]
+
+    def run(chunk: list[int]) -> list[np.ndarray]:
         batch = torch.from_numpy(np.stack([stacked[..., z] for z in chunk])).to(device)
-        pred = network(batch).clamp_(0.0, 1.0).float().cpu().numpy()[:, 0]
-        for index, z in enumerate(chunk):
-            output[..., z] = pred[index]
+        return list(network(batch).clamp_(0.0, 1.0).float().cpu().numpy()[:, 0])
+
+    for z, pred in zip(slices, map_batches(run, slices, batch_size), strict=True):
+        output[..., z] = pred
     return np.where(brain_mask, output, 0.0).astype(np.float32)

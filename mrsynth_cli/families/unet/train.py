@@ -1,8 +1,9 @@
 """``mrsynth train unet``: fit the regression baseline on subject folders.
 
 Each step draws random axial slices (with brain) from random training subjects, hides each input
-with probability ``input_dropout`` (keeping at least one, so the model learns every subset), flips
-left-right at random, and minimises L1 to the target inside the brain mask.
+with probability ``input_dropout`` (keeping at least one, so the model learns every subset),
+augments them (:mod:`mrsynth_cli.training.augment`; left-right flips by default) and minimises L1
+to the target inside the brain mask.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 from mrsynth_cli.errors import InputError
 from mrsynth_cli.families.unet.config import UNetConfig
 from mrsynth_cli.families.unet.network import build_network, predict_volume, stack_inputs
+from mrsynth_cli.training.augment import AugmentSettings, augment_sample
 from mrsynth_cli.training.data import SubjectArrays, load_training_subjects
-from mrsynth_cli.training.loop import TrainSettings, resolve_device, train_loop
+from mrsynth_cli.training.distributed import setup_distributed
+from mrsynth_cli.training.loop import TrainSettings, train_loop
 
 __all__ = ["train_unet", "make_batch_sampler", "validation_metrics"]
 
@@ -31,8 +34,9 @@ def _brain_slices(subject: SubjectArrays, min_fraction: float = 0.02) -> np.ndar
     return np.flatnonzero(area > min_fraction)
 
 
-def make_batch_sampler(config: UNetConfig, subjects: list[SubjectArrays]):
+def make_batch_sampler(config: UNetConfig, subjects: list[SubjectArrays], augment: AugmentSettings | None = None):
     """A ``sample_batch(rng)`` closure drawing (inputs, target, mask) slice batches."""
+    augment = augment or AugmentSettings()
     slices = [_brain_slices(s) for s in subjects]
     target = config.target_contrast
 
@@ -46,16 +50,17 @@ def make_batch_sampler(config: UNetConfig, subjects: list[SubjectArrays]):
             keep = [c for c in available if rng.random() >= config.input_dropout]
             if not keep:
                 keep = [available[int(rng.integers(len(available)))]]
-            volumes = {c: subject.volumes[c][..., z] for c in keep}
             shape = subject.brain_mask.shape[:2]
-            x = stack_inputs(config, volumes, shape)
-            y = subject.volumes[target][..., z][None]
-            m = subject.brain_mask[..., z][None].astype(np.float32)
-            if rng.random() < 0.5:  # left-right flip (axis 0 is R-L in canonical space)
-                x, y, m = x[:, ::-1], y[:, ::-1], m[:, ::-1]
-            xs.append(np.ascontiguousarray(x))
-            ys.append(np.ascontiguousarray(y))
-            ms.append(np.ascontiguousarray(m))
+            images = [
+                subject.volumes[c][..., z] if c in keep else np.zeros(shape, np.float32) for c in config.input_contrasts
+            ]
+            images, (y,), m = augment_sample(
+                images, [subject.volumes[target][..., z]], subject.brain_mask[..., z], rng, augment
+            )
+            volumes = {c: image for c, image in zip(config.input_contrasts, images, strict=True) if c in keep}
+            xs.append(stack_inputs(config, volumes, shape))
+            ys.append(y[None])
+            ms.append(m[None].astype(np.float32))
         return {"x": torch.from_numpy(np.stack(xs)), "y": torch.from_numpy(np.stack(ys)), "mask": torch.from_numpy(np.stack(ms))}
 
     return sample_batch
@@ -99,14 +104,16 @@ def train_unet(
 ) -> tuple[Path, dict[str, Any]]:
     """Train a ``unet`` model; returns the checkpoint folder and a summary (subjects, final validation)."""
     contrasts = [config.target_contrast, *config.input_contrasts]
-    subjects = load_training_subjects(
-        data,
-        contrasts,
-        required=[config.target_contrast],
-        spacing_mm=config.spacing_mm,
-        model_shape=config.model_shape,
-        cache_dir=cache_dir,
-    )
+    ctx = setup_distributed(settings.device)
+    with ctx.main_first():  # under torchrun, rank 0 fills the preprocessing cache, the others read it
+        subjects = load_training_subjects(
+            data,
+            contrasts,
+            required=[config.target_contrast],
+            spacing_mm=config.spacing_mm,
+            model_shape=config.model_shape,
+            cache_dir=cache_dir,
+        )
     held_out = set(validation_subjects or [])
     unknown = held_out - {s.subject_id for s in subjects}
     if unknown:
@@ -118,20 +125,21 @@ def train_unet(
     log.info("training on %s; validating on %s", [s.subject_id for s in train_subjects], [s.subject_id for s in val_subjects])
     torch.manual_seed(settings.seed)  # network initialisation only; data and noise use passed generators
     network = build_network(config)
-    device = resolve_device(settings.device)
-    validate = (lambda net: validation_metrics(net, config, val_subjects, device)) if val_subjects else None
+    validate = (lambda net: validation_metrics(net, config, val_subjects, ctx.device)) if val_subjects else None
     ckpt = train_loop(
         family=FAMILY,
         config=config.to_dict(),
         network=network,
-        sample_batch=make_batch_sampler(config, train_subjects),
+        sample_batch=make_batch_sampler(config, train_subjects, AugmentSettings.parse(settings.augment)),
         compute_loss=l1_in_brain,
         out_dir=out_dir,
         settings=settings,
         validate=validate,
         resume=resume,
         progress=progress,
+        distributed=ctx,
     )
+    ctx.close()
     summary = {
         "train_subjects": [s.subject_id for s in train_subjects],
         "validation_subjects": [s.subject_id for s in val_subjects],
