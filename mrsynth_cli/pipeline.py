@@ -43,6 +43,7 @@ class SynthesisRequest:
     device: str = "auto"
     reference: Contrast | None = None
     registration: str = "auto"
+    transforms: tuple[tuple[Contrast, Path], ...] = ()
     segmentation: str = "auto"
     force: bool = False
     weights_dir: Path | None = None
@@ -129,7 +130,9 @@ def synthesize(request: SynthesisRequest) -> dict[Contrast, Path]:
         prep_kwargs = adapter.preprocess_options(config)
         if prep_kwargs.get("segmentation", "none") != "none" and request.segmentation != "auto":
             prep_kwargs["segmentation"] = request.segmentation  # the user chose how to make tissue masks
-        options = PreprocessOptions(reference=reference_contrast, registration=request.registration, **prep_kwargs)
+        options = PreprocessOptions(
+            reference=reference_contrast, registration=request.registration, transforms=request.transforms, **prep_kwargs
+        )
         model_inputs = {c: p for c, p in request.inputs.items() if c in entry.inputs or c == reference_contrast}
         prep = preprocess(model_inputs, options)
         model = adapter.load_model(config, weights, device)

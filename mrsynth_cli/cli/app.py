@@ -66,7 +66,8 @@ app.command("phantom")(boundary(phantom_cmd.phantom))
 
 
 #: Options that take several values after one flag (``--in t1.nii.gz t2.nii.gz``).
-MULTI_VALUE_OPTIONS = frozenset({"--in", "--target", "--data", "--inputs", "--validation-subject", "--participant-label"})
+MULTI_VALUE_OPTIONS = frozenset({"--in", "--target", "--data", "--inputs", "--validation-subject", "--participant-label",
+                                "--transform"})
 
 
 def expand_multi_value_options(argv: list[str]) -> list[str]:

@@ -25,4 +25,34 @@ WeightsDirOpt = Annotated[
 RegistrationOpt = Annotated[
     str, typer.Option("--registration", help="auto (FLIRT if FSL is found, else SimpleITK), fsl, sitk or none.")
 ]
+TransformOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--transform",
+        help="CONTRAST=FILE: use this existing transform (ITK .tfm/.txt/.h5 mapping reference to input, "
+        "or an FSL .mat from flirt -in INPUT -ref REFERENCE) instead of registering that input.",
+        show_default=False,
+    ),
+]
+
+
+def parse_transform_specs(specs: list[str] | None):
+    """``--transform`` values as ``((contrast, path), ...)`` for :class:`PreprocessOptions`."""
+    from pathlib import Path
+
+    from mrsynth_cli.errors import InputError
+    from mrsynth_cli.io.contrasts import parse_contrast
+
+    pairs = {}
+    for spec in specs or []:
+        key, sep, value = spec.partition("=")
+        if not sep or not key or not value:
+            raise InputError(f"--transform '{spec}' is not CONTRAST=FILE", "e.g. --transform t2=t2_to_t1.tfm")
+        contrast = parse_contrast(key)
+        if contrast in pairs:
+            raise InputError(f"two --transform values for {contrast}", "give one transform per input")
+        pairs[contrast] = Path(value)
+    return tuple(pairs.items())
+
+
 SegmentationOpt = Annotated[str, typer.Option("--segmentation", help="Tissue masks: auto, fsl, embedded or none.")]

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mrsynth_cli.cli.options import ForceOpt, InputsOpt, RegistrationOpt, SegmentationOpt
+from mrsynth_cli.cli.options import (
+    ForceOpt,
+    InputsOpt,
+    RegistrationOpt,
+    SegmentationOpt,
+    TransformOpt,
+    parse_transform_specs,
+)
 
 __all__ = ["preprocess_cmd"]
 
@@ -17,6 +24,7 @@ def preprocess_cmd(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the outputs (created).")],
     ref: Annotated[str | None, typer.Option("--ref", help="Reference contrast (default: the first input).")] = None,
     registration: RegistrationOpt = "auto",
+    transform: TransformOpt = None,
     dof: Annotated[int, typer.Option("--dof", help="6 (rigid) or 12 (affine).")] = 6,
     brain_mask: Annotated[str, typer.Option("--brain-mask", help="auto, fsl or embedded.")] = "auto",
     segmentation: SegmentationOpt = "none",
@@ -45,6 +53,7 @@ def preprocess_cmd(
     options = PreprocessOptions(
         reference=parse_contrast(ref) if ref else None, registration=registration, dof=dof, brain_mask=brain_mask,
         segmentation=segmentation, spacing_mm=spacing,
+        transforms=parse_transform_specs(transform),
     )
     result = preprocess(parsed, options)
     out_dir.mkdir(parents=True, exist_ok=True)

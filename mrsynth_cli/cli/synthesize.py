@@ -15,6 +15,8 @@ from mrsynth_cli.cli.options import (
     RegistrationOpt,
     SeedOpt,
     SegmentationOpt,
+    TransformOpt,
+    parse_transform_specs,
     WeightsDirOpt,
 )
 
@@ -35,6 +37,7 @@ def synthesize(
     device: DeviceOpt = "auto",
     ref: Annotated[str | None, typer.Option("--ref", help="Contrast whose grid the output takes (default: the first input).")] = None,
     registration: RegistrationOpt = "auto",
+    transform: TransformOpt = None,
     segmentation: SegmentationOpt = "auto",
     force: ForceOpt = False,
     weights_dir: WeightsDirOpt = None,
@@ -68,6 +71,7 @@ def synthesize(
         inputs=parsed, targets=targets, out=out, out_dir=out_dir, model=model, sampler=sampler, steps=steps,
         samples=samples, uncertainty=uncertainty, seed=seed, device=device,
         reference=parse_contrast(ref) if ref else None, registration=registration, segmentation=segmentation,
+        transforms=parse_transform_specs(transform),
         force=force, weights_dir=weights_dir, progress=sys.stderr.isatty(),
     )
     for contrast, path in run(request).items():

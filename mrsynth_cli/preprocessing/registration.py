@@ -1022,3 +1022,34 @@ def register(
         fixed=Grid.of(fixed),
         details=details,
     )
+
+
+def apply_transform_file(moving: Volume, fixed: Volume, path: str | Path, *, seed: int = 0) -> RegistrationResult:
+    """Use a transform the user already has instead of registering (``--transform CONTRAST=FILE``).
+
+    ITK files (ANTs, SimpleITK, Slicer, mrsynth's own ``.tfm``) map fixed points to moving points;
+    FSL ``.mat`` files are read in FLIRT's convention with ``moving`` as ``-in`` and ``fixed`` as
+    ``-ref``. The result is recorded like a registration (backend ``"given"``), so it is undone the
+    same way.
+
+    Raises:
+        InputError: the file is missing, unreadable or non-linear, or it puts the image outside the
+            reference (nothing overlaps).
+    """
+    start = time.perf_counter()
+    transform = load_transform(path, moving=moving, fixed=fixed)
+    resampled = resample_to_reference(moving, fixed, transform)
+    if not np.any(resampled.data):
+        raise _no_overlap_error(moving, fixed, f"the transform {Path(path).name} maps it outside the reference")
+    metric = _final_metric(moving, fixed, transform, seed)
+    return RegistrationResult(
+        backend="given",
+        transform=transform,
+        resampled=resampled,
+        metric=metric,
+        seconds=time.perf_counter() - start,
+        dof=6 if _is_rigid(transform, tol=1e-4) else 12,
+        moving=Grid.of(moving),
+        fixed=Grid.of(fixed),
+        details={"transform_file": str(path)},
+    )

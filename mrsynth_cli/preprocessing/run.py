@@ -42,6 +42,8 @@ class PreprocessOptions:
         segmentation: tissue masks: ``auto``, ``fsl``, ``embedded`` or ``none``.
         spacing_mm: resample the model grid to this isotropic spacing (``None`` keeps the native one).
         model_shape: crop/pad the model grid to this shape around the brain (``None``: brain box).
+        transforms: ``(contrast, file)`` pairs: use these existing transforms (ITK or FSL ``.mat``)
+            instead of registering those inputs.
     """
 
     reference: Contrast | None = None
@@ -53,6 +55,7 @@ class PreprocessOptions:
     model_shape: tuple[int, int, int] | None = None
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
+    transforms: tuple[tuple[Contrast, Path], ...] = ()
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -91,14 +94,21 @@ def _align(
 ) -> tuple[dict[Contrast, Volume], dict[Contrast, Any]]:
     """Bring every input onto the reference grid and record how."""
     fixed = volumes[reference]
-    if options.registration == "none":
+    given = dict(options.transforms)
+    for contrast, path in given.items():
+        if contrast not in volumes or contrast == reference:
+            raise InputError(
+                f"--transform {contrast}={path} names {'the reference' if contrast == reference else 'no input'}",
+                "give transforms for the non-reference inputs only (moving image -> reference)",
+            )
+    if options.registration == "none" and not given:
         check_same_grid(
             list(volumes.values()),
             hint="with --registration none every input must be on one grid; use --registration auto to align them",
         )
         record.backends["registration"] = "none"
         return dict(volumes), {}
-    from mrsynth_cli.preprocessing.registration import register
+    from mrsynth_cli.preprocessing.registration import apply_transform_file, register
 
     aligned: dict[Contrast, Volume] = {reference: fixed}
     results: dict[Contrast, Any] = {}
@@ -106,7 +116,10 @@ def _align(
     for contrast, moving in volumes.items():
         if contrast == reference:
             continue
-        result = register(moving, fixed, method=options.registration, dof=options.dof)
+        if contrast in given:
+            result = apply_transform_file(moving, fixed, given[contrast])
+        else:
+            result = register(moving, fixed, method=options.registration, dof=options.dof)
         aligned[contrast] = result.resampled
         results[contrast] = result
         backends.add(result.backend)
