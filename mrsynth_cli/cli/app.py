@@ -11,11 +11,13 @@ from typing import Annotated
 import typer
 
 from mrsynth_cli import __version__
+from mrsynth_cli.cli import batch as batch_cmd
 from mrsynth_cli.cli import evaluate as evaluate_cmd
 from mrsynth_cli.cli import info as info_cmd
 from mrsynth_cli.cli import inspect as inspect_cmd
 from mrsynth_cli.cli import phantom as phantom_cmd
 from mrsynth_cli.cli import preprocess as preprocess_cmd
+from mrsynth_cli.cli import report as report_cmd
 from mrsynth_cli.cli import synthesize as synthesize_cmd
 from mrsynth_cli.cli import train as train_cmd
 from mrsynth_cli.cli import weights as weights_cmd
@@ -32,6 +34,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal width
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -56,6 +59,7 @@ def _root(
 
 
 app.command("synthesize")(boundary(synthesize_cmd.synthesize))
+app.command("batch")(boundary(batch_cmd.batch))
 app.command("preprocess")(boundary(preprocess_cmd.preprocess_cmd))
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(weights_cmd.app, name="weights")
@@ -63,6 +67,7 @@ app.command("info")(boundary(info_cmd.info))
 app.command("inspect")(boundary(inspect_cmd.inspect_inputs))
 app.command("evaluate")(boundary(evaluate_cmd.evaluate))
 app.command("phantom")(boundary(phantom_cmd.phantom))
+app.command("report")(boundary(report_cmd.report))
 
 
 #: Options that take several values after one flag (``--in t1.nii.gz t2.nii.gz``).
@@ -91,9 +96,17 @@ def expand_multi_value_options(argv: list[str]) -> list[str]:
     return out
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (SLURM time limit, ``kill``) unwinds like Ctrl-C: temporary files are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
     import sys
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     app(args=expand_multi_value_options(sys.argv[1:]), prog_name="mrsynth")
 

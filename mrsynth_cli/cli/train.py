@@ -11,7 +11,10 @@ import typer
 from mrsynth_cli.cli.boundary import boundary
 from mrsynth_cli.cli.options import DeviceOpt, SeedOpt
 
-app = typer.Typer(help="Train a model family on subject folders (BIDS, BraTS or plain folders).", no_args_is_help=True)
+app = typer.Typer(
+    help="Train a model family on subject folders (BIDS, BraTS or plain folders).", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 DataOpt = Annotated[
     list[Path], typer.Option("--data", help="Folder(s) of subjects (several may follow one --data).", show_default=False)

@@ -11,7 +11,9 @@ import typer
 from mrsynth_cli.cli.boundary import boundary
 from mrsynth_cli.cli.options import ForceOpt, WeightsDirOpt
 
-app = typer.Typer(help="List, verify, download and import trained model weights.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, verify, download and import trained model weights.", no_args_is_help=True, rich_markup_mode="markdown"
+)
 
 
 def _weights_dir(override: Path | None) -> Path:

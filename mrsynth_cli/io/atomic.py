@@ -32,8 +32,13 @@ def check_writable(path: Path, *, force: bool = False) -> None:
     if path.is_dir():
         raise InputError(f"output {path} is a folder", "give a file path ending in .nii.gz")
     parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {parent} is not writable", "choose a folder you can write to")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:  # the folder that would hold the new ones
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"output folder {parent} cannot be created: {existing} is a file", "choose another folder")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"output folder {existing} is not writable", "choose a folder you can write to")
 
 
 @contextlib.contextmanager

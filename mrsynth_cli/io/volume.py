@@ -84,10 +84,25 @@ class Volume:
         return Volume(data, self.affine.copy(), self.header.copy(), self.path, contrast or self.contrast)
 
 
+class _NibabelFixes(logging.Handler):
+    """Collects what nibabel silently "fixes" in a header while loading (e.g. zero voxel sizes)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _read_image(path: Path) -> nib.Nifti1Image:
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         raise InputError(f"{path} is not a NIfTI file", "give a .nii or .nii.gz file (convert DICOM with dcm2niix)")
+    fixes = _NibabelFixes()
+    nib_log = logging.getLogger("nibabel.global")
+    nib_log.addHandler(fixes)
+    propagate, nib_log.propagate = nib_log.propagate, False  # said once, by us, below
     try:
         image = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
@@ -95,6 +110,14 @@ def _read_image(path: Path) -> nib.Nifti1Image:
             f"{path} is not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
             "check that the file is complete and really NIfTI (re-export or re-download it)",
         ) from exc
+    finally:
+        nib_log.removeHandler(fixes)
+        nib_log.propagate = propagate
+    for message in fixes.messages:
+        if "pixdim[1,2,3] should be non-zero" not in message:
+            log.warning("%s: %s", path.name, message)
+    if any("pixdim[1,2,3] should be non-zero" in m for m in fixes.messages):
+        raise InputError(f"{path} has a zero voxel size in its header", "fix the header (pixdim) or re-export the image")
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path} is not a NIfTI image ({type(image).__name__})", "convert it to NIfTI")
     return image
