@@ -85,6 +85,34 @@ def test_synthesize_writes_on_the_input_grid_with_sidecar(trained, tmp_path: Pat
     assert data.max() > 0 and np.all(data[source.get_fdata() == 0] == 0)
 
 
+def test_synthesize_qc_and_report_with_reference(trained, tmp_path: Path) -> None:
+    """--qc writes the montage and page after the output; mrsynth report adds metrics from the sidecar."""
+    out = tmp_path / "FLAIR_synth.nii.gz"
+    result = _synth(trained, out, "--qc")
+    assert result.exit_code == 0, result.output
+    page, png = tmp_path / "FLAIR_synth_qc.html", tmp_path / "FLAIR_synth_qc.png"
+    assert out.is_file() and page.is_file() and png.is_file() and "wrote QC report" in result.output
+    sidecar = json.loads(out.with_name("FLAIR_synth.json").read_text())
+    assert sidecar["Target"] == "FLAIR" and sidecar["SourceContrasts"] == ["T1", "T2"]
+    text = page.read_text()
+    assert "SYNTHETIC" in text and "tiny-flair" in text and sidecar["Model"]["Files"][0]["sha256"] in text
+    assert "No reference was given" in text and str(trained["data"]) not in text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # a report file in the way is refused before any work
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "o_qc.html").write_text("keep")
+    refused = _synth(trained, blocked / "o.nii.gz", "--qc")
+    assert refused.exit_code == 2 and "o_qc.html already exists" in refused.output
+    assert not (blocked / "o.nii.gz").exists()
+    # the report command finds the inputs through the sidecar and scores against the acquired FLAIR
+    reported = invoke("report", str(out), "--ref", str(trained["data"] / "subj02" / "FLAIR.nii.gz"),
+                      "--out-dir", str(tmp_path / "qc"), env=trained["env"])
+    assert reported.exit_code == 0, reported.output
+    text = (tmp_path / "qc" / "FLAIR_synth_qc.html").read_text()
+    assert "PSNR (dB)" in text and ">T2<" in text and "|synth - ref|" in text
+
+
 def test_same_seed_same_bytes(trained, tmp_path: Path) -> None:
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
     assert _synth(trained, a).exit_code == 0 and _synth(trained, b).exit_code == 0

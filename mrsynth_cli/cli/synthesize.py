@@ -42,6 +42,14 @@ def synthesize(
     force: ForceOpt = False,
     weights_dir: WeightsDirOpt = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network (also MRSYNTH_OFFLINE=1).")] = False,
+    qc: Annotated[
+        bool, typer.Option("--qc", help="Also write a QC report per output: NAME_qc.png (montage of inputs, output "
+                           "and uncertainty) and NAME_qc.html (self-contained page).")
+    ] = False,
+    qc_dir: Annotated[
+        Path | None,
+        typer.Option("--qc-dir", help="Folder for the QC report (implies --qc; default: beside the output)."),
+    ] = None,
 ) -> None:
     """Synthesize TARGET from the inputs; the output lies on the reference input's grid, labelled synthetic.
 
@@ -49,6 +57,8 @@ def synthesize(
 
     A JSON sidecar beside the output records the sources, model (name, version, sha256), sampler,
     steps, seed, device and preprocessing backends. Nothing leaves this machine.
+
+    With --qc a QC report (PNG montage and HTML page, see mrsynth report) is written after the output.
     """
     import os
 
@@ -74,5 +84,38 @@ def synthesize(
         transforms=parse_transform_specs(transform),
         force=force, weights_dir=weights_dir, progress=sys.stderr.isatty(),
     )
-    for contrast, path in run(request).items():
+    qc = qc or qc_dir is not None
+    if qc:  # refuse existing report files before any work, like the outputs themselves
+        from mrsynth_cli.io.atomic import check_writable
+        from mrsynth_cli.pipeline import output_paths
+        from mrsynth_cli.qc.report import qc_paths
+
+        reference_contrast = request.reference or next(iter(request.inputs))
+        if reference_contrast in request.inputs:
+            for output in output_paths(request, request.inputs[reference_contrast]).values():
+                for path in qc_paths(output, qc_dir):
+                    check_writable(path, force=force)
+    written = run(request)
+    for contrast, path in written.items():
         typer.echo(f"wrote synthetic {contrast}: {path}")
+    if qc:
+        _write_qc(written, parsed, uncertainty, qc_dir, force)
+
+
+def _write_qc(written: dict, inputs: dict, uncertainty: Path | None, qc_dir: Path | None, force: bool) -> None:
+    """A QC report per written output; a failure here says the outputs themselves were written."""
+    from mrsynth_cli.errors import MrsynthError, RuntimeFailure
+    from mrsynth_cli.qc.report import subject_report
+
+    # One --uncertainty file holds one target's std map: show it only when there is one target.
+    std = uncertainty if uncertainty is not None and uncertainty.is_file() and len(written) == 1 else None
+    for contrast, path in written.items():
+        try:
+            page = subject_report(path, inputs={str(c): p for c, p in inputs.items()}, uncertainty=std,
+                                  out_dir=qc_dir, force=force)
+        except MrsynthError as exc:
+            raise RuntimeFailure(
+                f"synthetic {contrast} was written to {path} but its QC report failed: {exc.message}",
+                exc.hint or "run mrsynth report on the output",
+            ) from None
+        typer.echo(f"wrote QC report: {page}")

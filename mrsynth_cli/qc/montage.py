@@ -25,7 +25,7 @@ __all__ = ["write_montage", "montage_image"]
 MIP_KEYWORDS = ("tof", "angio", "mra")
 #: Fraction of the volume (centred) that the MIPs project through.
 MIP_SLAB = 0.6
-_LABEL_WIDTH = 90
+_LABEL_WIDTH = 90  # at least; wider when a row label needs it
 _HEADER_HEIGHT = 16
 _GAP = 4
 
@@ -131,20 +131,22 @@ def montage_image(
         planes = _planes(ras, zooms, point if point is not None else np.zeros(3), mip=point is None)
         rendered.append((name, [_panel(p, s, px_per_mm, window) for p, s in planes]))
     col_widths = [max(row[1][c].width for row in rendered) for c in range(3)]
-    width = _LABEL_WIDTH + sum(col_widths) + _GAP * 4
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    label_width = max([_LABEL_WIDTH] + [int(measure.textlength(name, font=font)) + 10 for name, _ in rendered])
+    width = label_width + sum(col_widths) + _GAP * 4
     heights = [max(p.height for p in panels) for _, panels in rendered]
     height = _HEADER_HEIGHT + sum(heights) + _GAP * (len(rendered) + 1)
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    x = _LABEL_WIDTH + _GAP
+    x = label_width + _GAP
     for title, w in zip(("axial", "coronal", "sagittal"), col_widths, strict=True):
         draw.text((x + 2, 2), title, fill=255, font=font)
         x += w + _GAP
     y = _HEADER_HEIGHT + _GAP
     for (name, panels), h in zip(rendered, heights, strict=True):
         draw.text((4, y + 4), name, fill=255, font=font)
-        x = _LABEL_WIDTH + _GAP
+        x = label_width + _GAP
         for panel, w in zip(panels, col_widths, strict=True):
             canvas.paste(panel, (x + (w - panel.width) // 2, y + (h - panel.height) // 2))
             x += w + _GAP
