@@ -64,6 +64,7 @@ class BatchOptions:
     registration: str = "auto"
     segmentation: str = "auto"
     weights_dir: Path | None = None
+    qc: bool = False
 
 
 @dataclass
@@ -74,6 +75,7 @@ class SubjectResult:
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
+    qc: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -256,6 +258,18 @@ def _relative_source(path: Path, root: Path) -> str:
         return path.name
 
 
+def _qc_pages(outputs: dict, inputs: dict, root: Path, label: str, force: bool, pages: list) -> list[str]:
+    """QC page per synthetic output under ``root/qc`` (the index links them at the end)."""
+    from mrsynth_cli.qc.report import SubjectPage, subject_report
+
+    written = []
+    for target, path in outputs.items():
+        page = subject_report(path, inputs={str(c): p for c, p in inputs.items()}, out_dir=root / "qc", force=force)
+        pages.append(SubjectPage(subject=f"{label} {target}", html=page))
+        written.append(str(page.relative_to(root)))
+    return written
+
+
 def run_batch(options: BatchOptions, *, echo=print) -> BatchReport:
     """Process the selected subjects one by one; never raises for one subject's failure.
 
@@ -294,6 +308,7 @@ def run_batch(options: BatchOptions, *, echo=print) -> BatchReport:
                                         "subjects": [vars(r) for r in results]})
 
     model_cache: dict = {}
+    qc_pages: list = []
     stop = False
     for subject in subjects:
         sub, ses = bids_labels(subject)
@@ -331,6 +346,8 @@ def run_batch(options: BatchOptions, *, echo=print) -> BatchReport:
                         extra_sidecar={"Sources": [_relative_source(p, options.input_dir) for p in inputs.values()]},
                     )
                     synthesize(request, model_cache=model_cache)
+                    if options.qc:
+                        result.qc = _qc_pages(outputs, inputs, root, label, options.force, qc_pages)
                 result.status = "ok"
             except MrsynthError as exc:
                 result.status, result.error = "failed", exc.one_line()
@@ -350,7 +367,15 @@ def run_batch(options: BatchOptions, *, echo=print) -> BatchReport:
         else:
             echo(f"{label}: FAILED: {result.error}")
             stop = options.fail_fast
+            if options.qc:
+                from mrsynth_cli.qc.report import SubjectPage
+
+                qc_pages.append(SubjectPage(subject=label, status="failed", error=result.error or ""))
         write_report("running")
     report["models_loaded"] = len(model_cache)
+    if options.qc and qc_pages:
+        from mrsynth_cli.qc.report import index_report
+
+        report["qc_index"] = str(index_report(qc_pages, root / "qc", title="mrsynth batch QC").relative_to(root))
     write_report("finished")
     return BatchReport(results, report_path, root)

@@ -68,10 +68,10 @@ def test_bids_dataset_isolated_failure_then_skip_existing(model, tmp_path: Path)
     bids = _bids(tmp_path / "bids")
     out = tmp_path / "out"
     args = ["batch", str(bids), str(out), "participant", "--target", "flair", "--model", "tiny", "--device", "cpu"]
-    first = invoke(*args, env=model["env"])
+    first = invoke(*args, "--qc", env=model["env"])
     assert first.exit_code == 1, first.output  # sub-03 failed, after the others finished
     derivatives = out / "derivatives" / "mrsynth"
-    written = sorted(p.relative_to(derivatives).as_posix() for p in derivatives.rglob("*.nii.gz"))
+    written = sorted(p.relative_to(derivatives).as_posix() for p in derivatives.glob("sub-*/**/*.nii.gz"))
     assert written == [
         "sub-01/anat/sub-01_desc-synth_FLAIR.nii.gz",
         "sub-02/ses-a/anat/sub-02_ses-a_desc-synth_FLAIR.nii.gz",
@@ -91,6 +91,9 @@ def test_bids_dataset_isolated_failure_then_skip_existing(model, tmp_path: Path)
     failed = next(s for s in report["subjects"] if s["status"] == "failed")
     assert "sub-03_T2w.nii.gz" in failed["error"] and "\n" not in failed["error"]
     assert report["models_loaded"] == 1 and report["state"] == "finished"
+    index = (derivatives / report["qc_index"]).read_text()
+    assert index.count("sub-0") >= 4 and "failed" in index
+    assert len(list((derivatives / "qc").glob("*_qc.html"))) == 3
     assert (derivatives / "logs").glob("sub-01_*.log")
     assert not list(derivatives.rglob(CLAIM_FILE))  # claims are released
     assert "Traceback" not in first.output

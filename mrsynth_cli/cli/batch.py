@@ -43,6 +43,9 @@ def batch(
     registration: RegistrationOpt = "auto",
     segmentation: SegmentationOpt = "auto",
     weights_dir: WeightsDirOpt = None,
+    qc: Annotated[
+        bool, typer.Option("--qc", help="Write a QC page per subject and an index under derivatives/mrsynth/qc/.")
+    ] = False,
 ) -> None:
     """Synthesize TARGET for every subject; outputs are BIDS derivatives with JSON sidecars.
 
@@ -66,7 +69,7 @@ def batch(
         input_dir=input_dir, output_dir=output_dir, targets=[parse_contrast(t) for t in target],
         participant_labels=list(participant_label or []), skip_existing=skip_existing, force=force,
         fail_fast=fail_fast, part=parse_part(part), model=model, sampler=sampler, steps=steps, seed=seed,
-        device=device, registration=registration, segmentation=segmentation, weights_dir=weights_dir,
+        device=device, registration=registration, segmentation=segmentation, weights_dir=weights_dir, qc=qc,
     )
     report = run_batch(options, echo=typer.echo)
     typer.echo(f"{report.summary()}; report: {report.report_path}")
