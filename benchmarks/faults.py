@@ -125,7 +125,7 @@ def fault_kill9_training(work: Path, rng: random.Random, reference: Path) -> dic
     command = [*MRSYNTH, *TRAIN, "--data", str(work.parent / "train-data"), "--out", str(run)]
     after = rng.uniform(8.0, 25.0)
     env = _env(work.parent / "train-home")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(after)
     killed = process.poll() is None
     if killed:
@@ -228,7 +228,7 @@ def fault_no_network(work: Path, rng: random.Random) -> dict:
         "socket.socket.connect = _refuse\nsocket.socket.connect_ex = _refuse\n"
     )
     out_dir = work / "out"
-    env = _env(work / "home", PYTHONPATH=str(site))
+    env = _env(work / "home", PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([*MRSYNTH, *SYNTH_ARGS, "--out", str(out_dir / "F.nii.gz")], env=env, capture_output=True,
                             text=True)
     attempts = log.read_text().splitlines() if log.exists() else []
