@@ -245,6 +245,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="mrsynth-faults-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # the read-only-cache fault runs a child as user nobody
         from tests.engine_fixtures import make_subjects  # tiny real training data
 
         make_subjects(root / "train-data", n=2)

@@ -6,6 +6,7 @@ local variables (they could hold patient data): the app sets ``pretty_exceptions
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -20,6 +21,8 @@ from mrsynth_cli.errors import EXIT_RUNTIME, MrsynthError
 __all__ = ["boundary", "debug_enabled", "fail"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: OS errors that describe the machine, not a bug: disk full, quota exceeded, read-only file system.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 #: Conventional exit status after SIGINT (128 + 2).
 EXIT_INTERRUPTED = 130
 
@@ -33,6 +36,15 @@ def fail(message: str, code: int) -> typer.Exit:
     """Print ``mrsynth: error: <message>`` on stderr and return the Exit to raise."""
     typer.echo(f"mrsynth: error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _internal_error(exc: BaseException) -> typer.Exit:
+    logging.getLogger("mrsynth").debug("unexpected error", exc_info=exc)
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return fail(
+        f"internal error ({type(exc).__name__}: {first}) -> rerun with MRSYNTH_DEBUG=1 for the traceback and report it",
+        EXIT_RUNTIME,
+    )
 
 
 def boundary(func: F) -> F:
@@ -52,6 +64,18 @@ def boundary(func: F) -> F:
             if debug_enabled():
                 raise
             raise fail("interrupted; no partial output was left", EXIT_INTERRUPTED) from None
+        except PermissionError as exc:  # unreadable input, unwritable output folder, read-only cache...
+            if debug_enabled():
+                raise
+            where = exc.filename or "a file"
+            raise fail(f"permission denied: {where} -> check its permissions (or choose another path)", 2) from None
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise _internal_error(exc) from None
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise fail(f"{exc.strerror}{where} -> free space or choose another folder", EXIT_RUNTIME) from None
         except MemoryError:
             if debug_enabled():
                 raise
@@ -59,13 +83,7 @@ def boundary(func: F) -> F:
         except Exception as exc:  # a bug: say so in one line, keep the traceback for MRSYNTH_DEBUG=1
             if debug_enabled():
                 raise
-            logging.getLogger("mrsynth").debug("unexpected error", exc_info=True)
-            name = type(exc).__name__
-            first = (str(exc).splitlines() or [""])[0][:200]
-            raise fail(
-                f"internal error ({name}: {first}) -> rerun with MRSYNTH_DEBUG=1 for the traceback and report it",
-                EXIT_RUNTIME,
-            ) from None
+            raise _internal_error(exc) from None
 
     return wrapper  # type: ignore[return-value]
 
