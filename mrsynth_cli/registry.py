@@ -27,6 +27,8 @@ class FamilySpec:
         mapping: ``many-to-one``, ``one-to-many`` or ``one-to-one``.
         dims: ``2D``, ``2.5D`` or ``3D``.
         stochastic: whether outputs are sampled (seeds, samplers and steps apply).
+        separate_parts: parts trained by their own ``mrsynth train`` command before the family's
+            network (e.g. a latent model's autoencoder); the network's checkpoint then holds them.
     """
 
     name: str
@@ -35,6 +37,7 @@ class FamilySpec:
     mapping: str
     dims: str
     stochastic: bool
+    separate_parts: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -45,6 +48,16 @@ FAMILIES: dict[str, FamilySpec] = {
         mapping="many-to-one",
         dims="2D",
         stochastic=False,
+    ),
+    "cola-diff": FamilySpec(
+        name="cola-diff",
+        description="CoLa-Diff conditioned latent diffusion, 2D (any subset of inputs -> one target; "
+        "autoencoder trained first by 'mrsynth train autoencoder')",
+        adapter="mrsynth_cli.families.cola_diff.adapter",
+        mapping="many-to-one",
+        dims="2D",
+        stochastic=True,
+        separate_parts=("autoencoder",),
     ),
 }
 

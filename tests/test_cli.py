@@ -167,7 +167,9 @@ def test_preprocess_writes_outputs_on_the_reference_grid(tiny_pair, tmp_path: Pa
     t1, t2 = tiny_pair
     out = tmp_path / "pre"
     result = runner.invoke(
-        app, ["preprocess", "--in", f"t1={t1}", "--in", f"t2={t2}", "--out-dir", str(out), "--registration", "none"],
+        app,
+        ["preprocess", "--in", f"t1={t1}", "--in", f"t2={t2}", "--out-dir", str(out), "--registration", "none",
+         "--segmentation", "none"],
         env={"MRSYNTH_DEBUG": "0"},
     )
     assert result.exit_code == 0, result.output
@@ -181,3 +183,40 @@ def test_preprocess_writes_outputs_on_the_reference_grid(tiny_pair, tmp_path: Pa
         app, ["preprocess", "--in", f"t1={t1}", "--out-dir", str(out), "--registration", "none"], env={"MRSYNTH_DEBUG": "0"}
     )
     assert_one_line_error(again, "not empty", "--force")
+
+
+def test_preprocess_writes_tissue_masks(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from mrsynth_cli.io.contrasts import Contrast
+    from mrsynth_cli.phantom import simulate_subject, subject_rng
+
+    subject = simulate_subject(subject_rng(5, 0), resolution_mm=4.0, lesions="tumour", skull=False)
+    files = {}
+    for contrast in (Contrast.T1, Contrast.FLAIR):  # skull-stripped: zero outside the brain
+        data = np.where(subject.brain_mask, subject.images[contrast], 0.0)
+        files[contrast] = write_nifti(tmp_path / f"{contrast.value}.nii.gz", data, subject.affine)
+    out = tmp_path / "pre"
+    result = invoke(
+        "preprocess", "--in", f"t1={files[Contrast.T1]}", "--in", f"flair={files[Contrast.FLAIR]}",
+        "--out-dir", str(out), "--registration", "none", env={"FSLDIR": "", "FSLDEVDIR": ""},
+    )
+    assert result.exit_code == 0, result.output
+    assert "tissues: embedded-hmrf" in result.output  # the default is auto: no FSL, so embedded
+    pve = np.stack([np.asarray(nib.load(str(out / f"tissue_{n}_pve.nii.gz")).dataobj) for n in ("CSF", "GM", "WM")])
+    brain = np.asarray(nib.load(str(out / "brain_mask.nii.gz")).dataobj) > 0
+    np.testing.assert_allclose(pve.sum(0)[brain], 1.0, atol=1e-5)
+    labels = np.asarray(nib.load(str(out / "tissue_labels.nii.gz")).dataobj)
+    assert set(np.unique(labels[brain])) <= {1, 2, 3, 4} and not labels[~brain].any()
+    abnormal = np.asarray(nib.load(str(out / "tissue_abnormal.nii.gz")).dataobj)
+    np.testing.assert_array_equal(abnormal, labels == 4)
+    assert json.loads((out / "tissues.json").read_text())["method"] == "embedded-hmrf"
+
+
+def test_preprocess_segmentation_fsl_without_fsl(tiny_pair, tmp_path: Path) -> None:
+    t1, _ = tiny_pair
+    result = invoke(
+        "preprocess", "--in", f"t1={t1}", "--out-dir", str(tmp_path / "pre"), "--registration", "none",
+        "--segmentation", "fsl", env={"FSLDIR": "", "FSLDEVDIR": ""},
+    )
+    assert_one_line_error(result, "FSL FAST was requested", "--segmentation embedded")

@@ -55,4 +55,11 @@ def parse_transform_specs(specs: list[str] | None):
     return tuple(pairs.items())
 
 
-SegmentationOpt = Annotated[str, typer.Option("--segmentation", help="Tissue masks: auto, fsl, embedded or none.")]
+SegmentationOpt = Annotated[
+    str,
+    typer.Option(
+        "--segmentation",
+        help="Tissue masks (CSF/GM/WM, abnormal): auto (FSL FAST if found, else the embedded HMRF-EM), fsl, "
+        "embedded or none. synthesize makes them only for models that use them.",
+    ),
+]

@@ -27,17 +27,19 @@ def preprocess_cmd(
     transform: TransformOpt = None,
     dof: Annotated[int, typer.Option("--dof", help="6 (rigid) or 12 (affine).")] = 6,
     brain_mask: Annotated[str, typer.Option("--brain-mask", help="auto, fsl or embedded.")] = "auto",
-    segmentation: SegmentationOpt = "none",
+    segmentation: SegmentationOpt = "auto",
     spacing: Annotated[float | None, typer.Option("--spacing", help="Also resample the model grid to this mm.")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Write the inputs registered onto the reference grid, the brain mask, tissue maps, transforms and record.
 
     Outputs in OUT_DIR: <contrast>_space-ref.nii.gz, brain_mask.nii.gz, tissue_{CSF,GM,WM}_pve.nii.gz,
-    tissue_labels.nii.gz (1 CSF, 2 GM, 3 WM, 4 abnormal), <contrast>_to_ref.tfm/.mat and
-    preprocess_record.json. The backend that ran for each step is printed.
+    tissue_labels.nii.gz (1 CSF, 2 GM, 3 WM, 4 abnormal), tissue_abnormal.nii.gz (with two or more
+    inputs, or FLAIR), tissues.json, <contrast>_to_ref.tfm/.mat and preprocess_record.json. The
+    backend that ran for each step is printed.
     """
     from mrsynth_cli.errors import InputError, OutputExistsError
+    from mrsynth_cli.io.atomic import write_json_atomic
     from mrsynth_cli.io.contrasts import parse_contrast, parse_input_spec
     from mrsynth_cli.io.volume import save_volume
     from mrsynth_cli.preprocessing.run import PreprocessOptions, preprocess
@@ -65,6 +67,11 @@ def preprocess_cmd(
         for name, pve in result.tissues.pve.items():
             save_volume(pve.data, reference, out_dir / f"tissue_{name}_pve.nii.gz", force=True)
         save_volume(result.tissues.labels.data, reference, out_dir / "tissue_labels.nii.gz", dtype="uint8", force=True)
+        if result.tissues.abnormal is not None:
+            save_volume(
+                result.tissues.abnormal.data, reference, out_dir / "tissue_abnormal.nii.gz", dtype="uint8", force=True
+            )
+        write_json_atomic(out_dir / "tissues.json", result.tissues.to_dict())
     for contrast, registration_result in result.registrations.items():
         registration_result.save(out_dir / f"{contrast.value}_to_ref")
     result.record.save(out_dir / "preprocess_record.json")

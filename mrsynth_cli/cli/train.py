@@ -103,3 +103,190 @@ def train_unet_cmd(
     )
     typer.echo(f"trained on {', '.join(summary['train_subjects'])}; checkpoint: {ckpt}")
     typer.echo(f"import it with: mrsynth weights import {ckpt} --name my-unet-{target_c.value.lower()}")
+
+
+ConfigOpt = Annotated[
+    str, typer.Option("--config", help="cola-diff preset (cpu, paper) or a .toml file of the same layout.")
+]
+PresetStepsOpt = Annotated[int | None, typer.Option("--max-steps", min=1, help="Optimiser steps (default: preset).")]
+PresetBatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Slices per step (default: preset).")]
+PresetCheckpointOpt = Annotated[
+    int | None, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints (default: preset or 200).")
+]
+PresetValidateOpt = Annotated[
+    int | None, typer.Option("--validate-every", min=1, help="Steps between validations (default: preset or 500).")
+]
+
+
+def _loop_settings(preset_table: dict, **given):
+    """Loop settings: the preset's table, overridden by every option given on the command line."""
+    from mrsynth_cli.training.augment import AugmentSettings
+    from mrsynth_cli.training.loop import TrainSettings
+
+    values = {"checkpoint_every": 200, "validate_every": 500, **preset_table,
+              **{k: v for k, v in given.items() if v is not None}}
+    values["augment"] = AugmentSettings.parse(values.get("augment", "flip")).to_spec()
+    return TrainSettings(**values)
+
+
+@app.command("autoencoder")
+@boundary
+def train_autoencoder_cmd(
+    data: DataOpt,
+    out: OutOpt,
+    config: ConfigOpt = "cpu",
+    contrasts: Annotated[
+        list[str] | None, typer.Option("--contrasts", help="Contrasts to train on (default: the preset's).")
+    ] = None,
+    max_steps: PresetStepsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: PresetBatchOpt = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: preset).")] = None,
+    channels: Annotated[
+        str | None, typer.Option("--channels", help="Autoencoder channels per level, comma-separated.")
+    ] = None,
+    adversarial_weight: Annotated[
+        float | None, typer.Option("--adversarial-weight", help="Patch-adversarial weight (0: off; default: preset).")
+    ] = None,
+    spacing: Annotated[
+        float | None, typer.Option("--spacing", help="Model grid spacing in mm (default: preset).")
+    ] = None,
+    size: Annotated[str | None, typer.Option("--size", help="Model grid X,Y,Z in voxels (default: preset).")] = None,
+    validation_subject: ValidateOpt = None,
+    checkpoint_every: PresetCheckpointOpt = None,
+    validate_every: PresetValidateOpt = None,
+    augment: Annotated[
+        str | None, typer.Option("--augment", help="none, flip or flip,affine (default: preset).")
+    ] = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the KL autoencoder that cola-diff models diffuse in (L1 + KL, optional patch-adversarial term).
+
+    One autoencoder serves every contrast, target and cola-diff model trained on it; validation reports
+    reconstruction PSNR/SSIM. Then: mrsynth train cola-diff --autoencoder OUT/checkpoint ...
+    """
+    from dataclasses import replace
+
+    from mrsynth_cli.families.cola_diff.autoencoder import train_autoencoder
+    from mrsynth_cli.families.cola_diff.config import load_preset
+    from mrsynth_cli.paths import cache_dir
+
+    preset = load_preset(config)
+    changes: dict = {}
+    if contrasts:
+        changes["contrasts"] = tuple(contrasts)
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    if channels is not None:
+        changes["channels"] = _int_list(channels, "--channels", "32,64,64")
+        changes["attention_levels"] = (False,) * len(changes["channels"])
+    if adversarial_weight is not None:
+        changes["adversarial_weight"] = adversarial_weight
+    if spacing is not None:
+        changes["spacing_mm"] = spacing
+    if size is not None:
+        changes["model_shape"] = _int_list(size, "--size", "80,96,80", length=3)
+    ae_config = replace(preset.autoencoder, **changes)
+    settings = _loop_settings(
+        preset.autoencoder_training, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, seed=seed,
+        device=device, checkpoint_every=checkpoint_every, validate_every=validate_every, augment=augment,
+    )
+    ckpt, summary = train_autoencoder(
+        data, ae_config, out, settings, validation_subjects=validation_subject, resume=resume,
+        progress=sys.stderr.isatty(), cache_dir=cache_dir(),
+    )
+    typer.echo(f"trained on {', '.join(summary['train_subjects'])}; checkpoint: {ckpt}")
+    typer.echo(f"next: mrsynth train cola-diff --autoencoder {ckpt} --data ... --target ... --out ...")
+
+
+@app.command("cola-diff")
+@boundary
+def train_cola_diff_cmd(
+    data: DataOpt,
+    target: Annotated[str, typer.Option("--target", help="Contrast to synthesize.")],
+    autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Checkpoint folder of mrsynth train autoencoder.")],
+    out: OutOpt,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--inputs", help="Input contrasts (default: T1, T1ce, T2, FLAIR minus the target)."),
+    ] = None,
+    config: ConfigOpt = "cpu",
+    ablate: Annotated[
+        str | None,
+        typer.Option(
+            "--ablate",
+            help="Remove components (paper Table 2): comma list of network, guidance, auto-weight, filtering.",
+        ),
+    ] = None,
+    max_steps: PresetStepsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: PresetBatchOpt = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default: preset).")] = None,
+    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay (default: preset).")] = None,
+    channels: Annotated[
+        str | None, typer.Option("--channels", help="Latent network channels per level, comma-separated.")
+    ] = None,
+    guidance_subsets: Annotated[
+        str | None, typer.Option("--guidance-subsets", help="each (masks per input subset, as at inference) or all.")
+    ] = None,
+    validation_subject: ValidateOpt = None,
+    checkpoint_every: PresetCheckpointOpt = None,
+    validate_every: PresetValidateOpt = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="none or flip (default: preset).")] = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train a CoLa-Diff model (conditioned latent diffusion, L_eps + L_KL) for one target on a trained autoencoder.
+
+    One model accepts any subset of its inputs. Import the result with:
+    mrsynth weights import OUT/checkpoint --name NAME (the weights file holds the autoencoder too).
+    """
+    from mrsynth_cli.families.cola_diff.config import CoLaDiffConfig, load_preset
+    from mrsynth_cli.families.cola_diff.train import train_cola_diff
+    from mrsynth_cli.io.contrasts import Contrast, parse_contrast
+    from mrsynth_cli.paths import cache_dir
+
+    preset = load_preset(config)
+    target_c = parse_contrast(target)
+    if inputs:
+        input_cs = [parse_contrast(c) for c in inputs]
+    else:
+        input_cs = [c for c in (Contrast.T1, Contrast.T1CE, Contrast.T2, Contrast.FLAIR) if c != target_c]
+    model = dict(preset.model)
+    if batch_size is not None:
+        model["batch_size"] = batch_size
+    if channels is not None:
+        model["channels"] = _int_list(channels, "--channels", "64,128,128")
+    if guidance_subsets is not None:
+        model["guidance_subsets"] = guidance_subsets
+    model_config = CoLaDiffConfig(
+        target=target_c.value, inputs=tuple(c.value for c in input_cs), autoencoder=preset.autoencoder,
+        spacing_mm=preset.autoencoder.spacing_mm, model_shape=preset.autoencoder.model_shape, **model,
+    )
+    if ablate:
+        model_config = model_config.ablated([a.strip() for a in ablate.split(",") if a.strip()])
+    settings = _loop_settings(
+        preset.training, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, ema_decay=ema, seed=seed,
+        device=device, checkpoint_every=checkpoint_every, validate_every=validate_every, augment=augment,
+    )
+    ckpt, summary = train_cola_diff(
+        data, model_config, autoencoder, out, settings, validation_subjects=validation_subject, resume=resume,
+        progress=sys.stderr.isatty(), cache_dir=cache_dir(),
+    )
+    typer.echo(f"trained on {', '.join(summary['train_subjects'])}; checkpoint: {ckpt}")
+    typer.echo(f"import it with: mrsynth weights import {ckpt} --name my-cola-diff-{target_c.value.lower()}")
+
+
+def _int_list(text: str, option: str, example: str, length: int | None = None) -> tuple[int, ...]:
+    from mrsynth_cli.errors import InputError
+
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise InputError(f"{option} '{text}' is not a list of integers", f"e.g. {option} {example}") from exc
+    if length is not None and len(values) != length:
+        raise InputError(f"{option} '{text}' is not {length} integers", f"e.g. {option} {example}")
+    return values

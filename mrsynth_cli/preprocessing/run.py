@@ -39,7 +39,10 @@ class PreprocessOptions:
         registration: ``auto`` (FLIRT if FSL is found, else SimpleITK), ``fsl``, ``sitk`` or ``none``.
         dof: 6 (rigid) or 12 (affine) degrees of freedom.
         brain_mask: ``auto``, ``fsl`` or ``embedded`` (already skull-stripped inputs are detected).
-        segmentation: tissue masks: ``auto``, ``fsl``, ``embedded`` or ``none``.
+        segmentation: tissue masks: ``auto`` (FAST if FSL is found, else the embedded HMRF-EM),
+            ``fsl``, ``embedded`` or ``none``. Off by default here because it costs 20-60 s per 1 mm
+            volume: ``mrsynth preprocess`` asks for it, and ``synthesize`` only when the model's
+            family uses tissue masks (its adapter's ``preprocess_options``).
         spacing_mm: resample the model grid to this isotropic spacing (``None`` keeps the native one).
         model_shape: crop/pad the model grid to this shape around the brain (``None``: brain box).
         transforms: ``(contrast, file)`` pairs: use these existing transforms (ITK or FSL ``.mat``)
@@ -139,6 +142,10 @@ def preprocess(inputs: dict[Contrast, Path], options: PreprocessOptions | None =
         InputError: any bad input, with the file named.
     """
     options = options or PreprocessOptions()
+    if options.segmentation != "none":
+        from mrsynth_cli.preprocessing.tissues import check_method
+
+        check_method(options.segmentation)  # e.g. --segmentation fsl without FSL: say so before the slow steps
     volumes = _load_inputs(inputs)
     reference = options.reference or next(iter(volumes))
     if reference not in volumes:
@@ -160,12 +167,7 @@ def preprocess(inputs: dict[Contrast, Path], options: PreprocessOptions | None =
 
     tissues = None
     if options.segmentation != "none":
-        try:
-            from mrsynth_cli.preprocessing.tissues import segment_tissues
-        except ImportError as exc:
-            raise InputError(
-                "tissue segmentation is not available in this version of mrsynth", "use --segmentation none"
-            ) from exc
+        from mrsynth_cli.preprocessing.tissues import segment_tissues
 
         tissues = segment_tissues(list(aligned.values()), mask_volume, method=options.segmentation)
         record.backends["tissues"] = tissues.method

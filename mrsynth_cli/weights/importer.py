@@ -64,6 +64,11 @@ def import_checkpoint(
     if not _NAME.match(name):
         raise InputError(f"model name '{name}' is not allowed", "use letters, digits, '.', '_' or '-' (max 64)")
     info = read_checkpoint_config(checkpoint)
+    if info.family == "cola-diff-autoencoder":
+        raise InputError(
+            f"{info.path} is a cola-diff autoencoder, not a synthesis model",
+            "train a model on it (mrsynth train cola-diff --autoencoder ...) and import that: it embeds it",
+        )
     source = info.path / WEIGHTS_FILE
     if not source.exists():
         raise InputError(f"{info.path} has no {WEIGHTS_FILE}", "give the checkpoint folder written by mrsynth train")

@@ -1,0 +1,260 @@
+"""Train CoLa-Diff on the shared real data and score it against the ``unet`` baseline, leave-one-subject-out.
+
+Same four subjects, grid and scoring as ``train_shipped_unet.py`` (C-STAR never used):
+
+1. Autoencoders: one per fold (trained on the three other subjects, reconstruction PSNR/SSIM on the
+   held-out one) and one final one on all four (``mrsynth train autoencoder``, ``--config cpu``).
+2. CoLa-Diff models: for every target (T1, T1ce, T2, FLAIR, from the other three) one per fold on that
+   fold's autoencoder, and one final model (``mrsynth train cola-diff``).
+3. Scoring: each fold model synthesizes its held-out subject (DDIM, ``--sample-steps``, one sample) and
+   ``mrsynth evaluate`` scores it against the real image; the shipped recipe's ``unet`` fold model of the
+   same target and held-out subject is scored in the same run with the same command (trained here with
+   ``train_shipped_unet.train`` if its run folder is missing), so both see the same normalisation.
+4. ``--ablations``: the paper's Table 2 (top) on T1+T1ce+FLAIR -> T2: the full model and four models
+   without one component each (``--ablate network|guidance|auto-weight|filtering``), same folds and budget.
+5. ``--input-counts``: Table 2 (bottom): the T2 fold models given T1, T1+T1ce, T1+T1ce+FLAIR.
+6. ``--speed``: seconds per volume, NFE and peak RSS of DDIM-50 and the fast sampler with 10 and 20 steps
+   (2 threads, fresh process, the final FLAIR model on one subject).
+
+Runs resume: finished runs are reused, interrupted or shorter ones continue with ``--resume``. A model
+embeds the autoencoder it was trained on (and its sha256 is in the model's config): after retraining an
+autoencoder, remove the model runs of that fold.
+
+Usage: python benchmarks/train_cola_diff.py [--ae-steps 1500] [--steps 1500] [--jobs 2] [--targets ...]
+                                            [--ablations] [--input-counts] [--speed] [--smoke]
+Results: benchmarks/results/cola_diff_loso.json (``--smoke``: cola_diff_loso_smoke.json, runs/cola_diff_smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_shipped_unet as unet_driver  # noqa: E402
+from _util import run_measured  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MRSYNTH = str(REPO / ".venv" / "bin" / "mrsynth")
+SUBJECTS = unet_driver.SUBJECTS
+ALL_TARGETS = ["FLAIR", "T1ce", "T2", "T1"]
+ABLATIONS = ["network", "guidance", "auto-weight", "filtering"]
+INPUT_COUNTS = {"T1": ["T1"], "T1+T1ce": ["T1", "T1ce"], "T1+T1ce+FLAIR": ["T1", "T1ce", "FLAIR"]}
+
+
+class Run:
+    """Settings shared by every job of one invocation."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = REPO / "benchmarks" / "runs" / ("cola_diff_smoke" if args.smoke else "cola_diff")
+        self.threads = 1 if args.jobs > 1 else 2
+        self.extra = ["--guidance-subsets", "all"] if args.smoke else []
+
+    def mrsynth(self, *args: str, home: Path | None = None, threads: int | None = None) -> subprocess.CompletedProcess:
+        threads = threads or self.threads
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MRSYNTH_DEBUG": "1"}
+        if home is not None:
+            env["MRSYNTH_HOME"] = str(home)
+        return subprocess.run([MRSYNTH, *args], env=env, capture_output=True, text=True)
+
+    def data_for(self, held_out: str | None) -> list[str]:
+        return [str(SUBJECTS[s]) for s in SUBJECTS if s != held_out]
+
+
+def _resume(out: Path) -> list[str]:
+    return ["--resume"] if (out / "checkpoint" / "config.json").exists() else []
+
+
+def _finished(out: Path, steps: int | None = None) -> bool:
+    """Whether the run in ``out`` ended normally (and, if ``steps`` is given, reached that many steps)."""
+    path = out / "checkpoint" / "config.json"
+    if not path.exists():
+        return False
+    meta = json.loads(path.read_text())
+    return bool(meta.get("training", {}).get("final")) and (steps is None or int(meta.get("step", 0)) >= steps)
+
+
+def train_autoencoder(run: Run, held_out: str | None) -> Path:
+    out = run.root / f"ae-{held_out or 'final'}"
+    if not _finished(out, run.args.ae_steps):
+        validation = ["--validation-subject", held_out, "--validate-every", "1000000"] if held_out else []
+        started = time.time()
+        # Every subject is given; --validation-subject keeps the held-out one out of training (and scores it).
+        result = run.mrsynth("train", "autoencoder", "--data", *run.data_for(None), "--out", str(out), "--config",
+                             "cpu", "--max-steps", str(run.args.ae_steps), "--seed", "0", "--device", "cpu",
+                             *validation, *_resume(out))
+        if result.returncode != 0:
+            raise RuntimeError(f"autoencoder {out.name} failed:\n{result.stderr[-3000:]}")
+        print(f"trained {out.name} in {time.time() - started:.0f} s", flush=True)
+    return out / "checkpoint"
+
+
+def train_model(run: Run, target: str, held_out: str | None, ablate: str | None = None) -> Path:
+    name = f"{target.lower()}-{held_out or 'final'}" + (f"-no-{ablate}" if ablate else "")
+    out = run.root / name
+    if not _finished(out, run.args.steps):
+        ae = run.root / f"ae-{held_out or 'final'}" / "checkpoint"
+        started = time.time()
+        result = run.mrsynth("train", "cola-diff", "--data", *run.data_for(held_out), "--target", target,
+                             "--autoencoder", str(ae), "--out", str(out), "--config", "cpu", "--max-steps",
+                             str(run.args.steps), "--seed", "0", "--device", "cpu",
+                             *(["--ablate", ablate] if ablate else []), *run.extra, *_resume(out))
+        if result.returncode != 0:
+            raise RuntimeError(f"cola-diff {name} failed:\n{result.stderr[-3000:]}")
+        print(f"trained {name} in {time.time() - started:.0f} s", flush=True)
+    return out / "checkpoint"
+
+
+def unet_checkpoint(target: str, held_out: str, train: bool = True) -> Path | None:
+    """The unet baseline fold model of the shipped recipe (trained now if its run is missing and ``train``)."""
+    checkpoint = unet_driver.RUNS / f"{target.lower()}-{held_out}" / "checkpoint"
+    if not _finished(checkpoint.parent):
+        if not train:
+            return None
+        checkpoint = unet_driver.train(target, held_out, 600)
+    return checkpoint
+
+
+def score(run: Run, checkpoint: Path, name: str, target: str, held_out: str, inputs: list[str] | None = None,
+          sampler: list[str] | None = None) -> dict:
+    """Import into a scratch weights folder, synthesize the held-out subject, evaluate against the real image."""
+    from mrsynth_cli.io.contrasts import parse_contrast
+    from mrsynth_cli.io.subjects import subject_from_folder
+
+    home = run.root / "scoring-home"
+    imported = run.mrsynth("weights", "import", str(checkpoint), "--name", name, "--force", home=home)
+    if imported.returncode != 0:
+        raise RuntimeError(f"import {name} failed:\n{imported.stderr[-3000:]}")
+    subject = subject_from_folder(SUBJECTS[held_out])
+    target_c = parse_contrast(target)
+    wanted = [parse_contrast(c) for c in inputs] if inputs else [c for c in subject.files if c != target_c]
+    given = [f"{c.value}={subject.files[c]}" for c in wanted]
+    out = home / "pred" / f"{name}.nii.gz"
+    started = time.time()
+    result = run.mrsynth("synthesize", "--in", *given, "--target", target, "--out", str(out), "--model", name,
+                         "--registration", "none", "--force", *(sampler or []), home=home)
+    if result.returncode != 0:
+        raise RuntimeError(f"synthesize {name} failed:\n{result.stderr[-3000:]}")
+    seconds = time.time() - started
+    evaluated = run.mrsynth("evaluate", "--pred", str(out), "--ref", str(subject.files[target_c]), "--json")
+    metrics = json.loads(evaluated.stdout)["metrics"]
+    inputs_used = [c.value for c in wanted]
+    return {"held_out": held_out, "inputs": inputs_used, "synthesize_seconds": round(seconds, 1), **metrics}
+
+
+def _mean(folds: list[dict]) -> dict:
+    keys = [k for k, v in folds[0].items() if isinstance(v, (int, float))]
+    return {k: round(sum(f[k] for f in folds) / len(folds), 4) for k in keys}
+
+
+def _autoencoder_metrics(run: Run, held_out: str) -> dict:
+    log = run.root / f"ae-{held_out}" / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    validations = [r["validation"] for r in records if "validation" in r]
+    return validations[-1] if validations else {}
+
+
+def speed(run: Run, checkpoint: Path) -> dict:
+    """Seconds per volume, NFE and peak RSS of three sampler settings, 2 threads, fresh processes."""
+    from mrsynth_cli.io.subjects import subject_from_folder
+
+    home = run.root / "scoring-home"
+    run.mrsynth("weights", "import", str(checkpoint), "--name", "speed-flair", "--force", home=home)
+    held = next(iter(SUBJECTS))
+    subject = subject_from_folder(SUBJECTS[held])
+    given = [f"{c.value}={p}" for c, p in subject.files.items() if c.value != "FLAIR"]
+    cases = {"ddim-50": ["--sampler", "ddim", "--steps", "50"], "fast-10": ["--sampler", "fast", "--steps", "10"],
+             "fast-20": ["--sampler", "fast", "--steps", "20"]}
+    out = {}
+    for name, options in cases.items():
+        path = home / "pred" / f"speed-{name}.nii.gz"
+        measured = run_measured([MRSYNTH, "synthesize", "--in", *given, "--target", "flair", "--out", str(path),
+                                 "--model", "speed-flair", "--registration", "none", "--force", *options],
+                                threads=2, env={"MRSYNTH_HOME": str(home)})
+        if measured["rc"] != 0:
+            raise RuntimeError(f"speed {name} failed:\n{measured['stderr']}")
+        out[name] = {"seconds_per_volume": measured["seconds"], "peak_rss_gib": measured["peak_rss_gib"],
+                     "nfe_per_slice": int(options[-1]), "subject": held}
+        print("speed", name, out[name], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ae-steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps when scoring")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--targets", nargs="+", default=ALL_TARGETS)
+    parser.add_argument("--ablations", action="store_true", help="also the Table 2 (top) ablations on T2")
+    parser.add_argument("--input-counts", action="store_true", help="also the Table 2 (bottom) input-count table")
+    parser.add_argument("--speed", action="store_true", help="also sampling speed of the final FLAIR model")
+    parser.add_argument("--smoke", action="store_true",
+                        help="3 steps, FLAIR, one fold, masks from all inputs: checks the plumbing only")
+    args = parser.parse_args()
+    if args.smoke:
+        args.ae_steps, args.steps, args.sample_steps, args.targets = 3, 3, 2, ["FLAIR"]
+    missing = [s for s, p in SUBJECTS.items() if not p.is_dir()]
+    if missing:
+        sys.exit(f"real data missing for {missing} under {unet_driver.REAL}")
+    run = Run(args)
+    folds = list(SUBJECTS)[:1] if args.smoke else list(SUBJECTS)
+    finals = [] if args.smoke else [None]
+    pool = ThreadPoolExecutor(args.jobs)
+    list(pool.map(lambda h: train_autoencoder(run, h), [*finals, *folds]))
+    jobs = [(t, h, None) for t in args.targets for h in [*finals, *folds]]
+    if args.ablations:
+        jobs += [("T2", h, a) for a in ABLATIONS for h in folds]
+    if (args.ablations or args.input_counts) and "T2" not in args.targets:
+        jobs += [("T2", h, None) for h in folds]
+    checkpoints = dict(zip(jobs, pool.map(lambda j: train_model(run, *j), jobs), strict=True))
+    pairs = [(t, h) for t in args.targets for h in folds]
+    baselines = dict(zip(pairs, pool.map(lambda th: unet_checkpoint(*th, train=not args.smoke), pairs), strict=True))
+    sampler = ["--sampler", "ddim", "--steps", str(args.sample_steps)]
+    results: dict = {
+        "protocol": "leave-one-subject-out over the 4 real subjects; mrsynth evaluate on the native grid "
+                    "(0.5/99.5 percentile scaling in the brain) for cola-diff and the unet baseline alike",
+        "config": "cpu", "ae_steps": args.ae_steps, "steps": args.steps, "sampler": sampler, "subjects": list(SUBJECTS),
+        "autoencoder": {h: _autoencoder_metrics(run, h) for h in folds}, "targets": {},
+    }
+    for target in args.targets:
+        cola = [score(run, checkpoints[(target, h, None)], f"cola-{target.lower()}-{h}", target, h, sampler=sampler)
+                for h in folds]
+        unet = [score(run, baselines[(target, h)], f"unet-{target.lower()}-{h}", target, h)
+                for h in folds if baselines[(target, h)] is not None]  # (only --smoke skips a missing baseline)
+        mean_cola, mean_unet = _mean(cola), _mean(unet) if unet else {}
+        delta = {k: round(mean_cola[k] - mean_unet[k], 4) for k in mean_cola if k in mean_unet}
+        results["targets"][target] = {"cola_diff": {"folds": cola, "mean": mean_cola},
+                                      "unet": {"folds": unet, "mean": mean_unet}, "cola_minus_unet": delta}
+        print(target, "cola-diff", mean_cola, "unet", mean_unet, flush=True)
+    if args.ablations:
+        table = {"full": _mean([score(run, checkpoints[("T2", h, None)], f"cola-t2-{h}", "T2", h, sampler=sampler)
+                                for h in folds])}
+        for ablate in ABLATIONS:
+            table[f"without {ablate}"] = _mean([
+                score(run, checkpoints[("T2", h, ablate)], f"cola-t2-{h}-no-{ablate}", "T2", h, sampler=sampler)
+                for h in folds])
+        results["ablations_T2"] = table
+    if args.input_counts:
+        results["input_counts_T2"] = {
+            label: _mean([score(run, checkpoints[("T2", h, None)], f"cola-t2-{h}", "T2", h, inputs, sampler)
+                          for h in folds])
+            for label, inputs in INPUT_COUNTS.items()
+        }
+    if args.speed and ("FLAIR", None, None) in checkpoints:
+        results["speed"] = speed(run, checkpoints[("FLAIR", None, None)])
+    name = "cola_diff_loso_smoke.json" if args.smoke else "cola_diff_loso.json"
+    out = REPO / "benchmarks" / "results" / name
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
