@@ -27,13 +27,6 @@ def _valid(path: Path, contrast: str = "T1") -> Path:
     return write_nifti(path, IMAGES[contrast], AFFINE)
 
 
-def _with_header(path: Path, edit: Callable[[nib.Nifti1Header], None], data: np.ndarray | None = None) -> Path:
-    image = nib.Nifti1Image(IMAGES["T1"] if data is None else data, AFFINE)
-    edit(image.header)
-    nib.save(image, str(path))
-    return path
-
-
 def _raw_header_edit(path: Path, offset: int, value: bytes) -> Path:
     """Write a valid uncompressed .nii, then overwrite bytes of its header in place."""
     nib.save(nib.Nifti1Image(IMAGES["T1"], AFFINE), str(path))
@@ -73,13 +66,11 @@ def _case_files(tmp: Path) -> dict[str, tuple[list[str], str]]:
     cases["huge dimensions in header"] = (_raw_header_edit(t1("huge_T1.nii"), 42, np.int16(30000).tobytes()), "huge_T1.nii")
     cases["zero voxel size"] = (_raw_header_edit(t1("zerovox_T1.nii"), 80, np.float32(0.0).tobytes()), "zerovox_T1.nii")
 
-    def shear(header: nib.Nifti1Header) -> None:
-        affine = AFFINE.copy()
-        affine[0, 1] = 1.5  # columns no longer orthogonal
-        header.set_sform(affine, 1)
-        header.set_qform(AFFINE, 0)
-
-    cases["non-orthonormal affine"] = (_with_header(t1("shear_T1.nii.gz"), shear), "shear_T1.nii.gz")
+    sheared = AFFINE.copy()
+    sheared[0, 1] = 1.5  # columns no longer orthogonal
+    write_nifti(t1("shear_T1.nii.gz"), IMAGES["T1"], sheared, qform_code=0)
+    assert not np.allclose(nib.load(str(t1("shear_T1.nii.gz"))).affine, AFFINE)
+    cases["non-orthonormal affine"] = (t1("shear_T1.nii.gz"), "sheared")
     write_nifti(t1("complex_T1.nii"), IMAGES["T1"].astype(np.complex64), AFFINE, dtype=np.complex64)
     cases["complex data"] = (t1("complex_T1.nii"), "complex_T1.nii")
     os.symlink(t1("loop_b_T1.nii.gz"), t1("loop_a_T1.nii.gz"))

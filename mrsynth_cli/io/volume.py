@@ -192,6 +192,10 @@ def load_volume(path: str | Path, contrast: Contrast | None = None, *, is_mask: 
     warnings: list[str] = []
     image = _read_image(path)
     shape = _validated_shape(path, image)
+    dtype = image.header.get_data_dtype()
+    if dtype.kind == "c" or dtype.names is not None:
+        kind = "complex" if dtype.kind == "c" else "RGB/structured"
+        raise InputError(f"{path} holds {kind} voxels, not intensities", "export magnitude images (one value per voxel)")
     affine = _validated_affine(path, image, warnings)
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
