@@ -41,7 +41,7 @@ from pathlib import Path
 import nibabel as nib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import REPO, write_result  # noqa: E402
+from _util import REPO, RESULTS, write_result  # noqa: E402
 
 MRSYNTH = [sys.executable, "-m", "mrsynth_cli"]
 EXAMPLE = REPO / "examples" / "cstar_stroke"
@@ -80,8 +80,14 @@ def fault_signal_synthesize(work: Path, rng: random.Random, sig: int) -> dict:
     code, err = _signal_during([*MRSYNTH, *SYNTH_ARGS, "--out", str(out_dir / "FLAIR.nii.gz")], _env(work / "home"),
                                sig, after)
     left = _files(out_dir)
-    finished = code == 0 and (out_dir / "FLAIR.nii.gz").exists() and _valid_nifti(out_dir / "FLAIR.nii.gz")
-    survived = finished or (code == 130 and not left)
+    # Either nothing at all, or (the signal came as the run ended) both files complete.
+    complete = {p.name for p in left} == {"FLAIR.nii.gz", "FLAIR.json"} and _valid_nifti(out_dir / "FLAIR.nii.gz")
+    if complete:
+        try:
+            json.loads((out_dir / "FLAIR.json").read_text())
+        except ValueError:
+            complete = False
+    survived = complete or (code == 130 and not left)
     return {"after_s": round(after, 1), "exit": code, "left": [p.name for p in left], "survived": survived,
             "lost": 0 if survived else 1, "message": err.strip().splitlines()[-1:] }
 
@@ -275,6 +281,9 @@ def main() -> None:
                 outcome["seconds"] = round(time.perf_counter() - started, 1)
                 results[name].append(outcome)
                 print(name, repeat, outcome, flush=True)
+    previous = RESULTS / "faults.json"
+    if args.only and previous.exists():  # a partial rerun replaces only the faults it ran
+        results = {**json.loads(previous.read_text())["runs"], **results}
     summary = {name: {"runs": len(r), "survived": sum(o["survived"] for o in r), "outputs_lost": sum(o["lost"] for o in r)}
                for name, r in results.items()}
     path = write_result("faults", {"repeats": args.repeats, "summary": summary, "runs": results})
