@@ -178,3 +178,28 @@ def test_plain_subject_folders(model, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (out / "derivatives" / "mrsynth").rglob("*.nii.gz"))
     assert names == ["sub-patient07_desc-synth_FLAIR.nii.gz", "sub-patient19_desc-synth_FLAIR.nii.gz"]
+
+
+def test_synthesize_and_batch_never_touch_the_network(model, tmp_path: Path) -> None:
+    """Every socket connection is refused (and recorded) in the child; the commands still work."""
+    site = tmp_path / "site"
+    site.mkdir()
+    attempts = tmp_path / "attempts.txt"
+    (site / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(self, address, *a, **k):\n"
+        f"    open({str(attempts)!r}, 'a').write(repr(address) + '\\n')\n"
+        "    raise OSError('network disabled by the test')\n"
+        "socket.socket.connect = _refuse\nsocket.socket.connect_ex = _refuse\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, **model["env"], "PYTHONPATH": os.pathsep.join([str(site), str(repo)]), "MRSYNTH_DEBUG": "0"}
+    bids = _bids(tmp_path / "bids")
+    t1, t2 = bids / "sub-01/anat/sub-01_T1w.nii.gz", bids / "sub-01/anat/sub-01_T2w.nii.gz"
+    for args in (["synthesize", "--in", f"t1={t1}", f"t2={t2}", "--target", "flair", "--model", "tiny", "--out",
+                  str(tmp_path / "F.nii.gz")],
+                 ["batch", str(bids), str(tmp_path / "out"), "--participant-label", "01", "--target", "flair",
+                  "--model", "tiny", "--qc"]):
+        result = subprocess.run([sys.executable, "-m", "mrsynth_cli", *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert not attempts.exists(), attempts.read_text()
