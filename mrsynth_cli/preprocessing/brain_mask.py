@@ -131,7 +131,7 @@ class EmbeddedSettings:
     forward_margin_mm: float = 0.0
     score_margin_mm: float = 3.0
     affine: SitkSettings = SitkSettings(
-        level_mm=(6.0, 4.0, 2.0), samples=(6000, 10000, 20000), iterations=(80, 60, 40), search_keep=2, bins=32
+        level_mm=(6.0, 4.0, 2.0), samples=(6000, 10000, 20000), iterations=(80, 60, 40), search_keep=2
     )
     band_mm: float = 4.0
     shell_mm: tuple[float, float] = (1.0, 6.0)
