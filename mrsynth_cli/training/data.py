@@ -24,7 +24,7 @@ from mrsynth_cli.errors import InputError
 from mrsynth_cli.io.contrasts import Contrast
 from mrsynth_cli.io.subjects import Subject, discover_subjects
 
-__all__ = ["SubjectArrays", "TissueRequest", "load_training_subjects", "tissue_key"]
+__all__ = ["SubjectArrays", "TissueRequest", "load_training_subjects", "split_validation", "tissue_key"]
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +204,23 @@ def load_training_subjects(
             arrays.tissues = _load_tissues(subject, present, options, tissues, cache_dir, result)
         out.append(arrays)
     return out
+
+
+def split_validation(
+    subjects: list[SubjectArrays], validation_subjects: list[str] | None
+) -> tuple[list[SubjectArrays], list[SubjectArrays]]:
+    """(training, validation) subjects for ``--validation-subject``; every family splits the same way.
+
+    Raises:
+        InputError: an unknown subject ID, or nothing left to train on.
+    """
+    held_out = set(validation_subjects or [])
+    unknown = held_out - {s.subject_id for s in subjects}
+    if unknown:
+        raise InputError(
+            f"validation subject(s) {sorted(unknown)} not found", f"choose among {[s.subject_id for s in subjects]}"
+        )
+    train = [s for s in subjects if s.subject_id not in held_out]
+    if not train:
+        raise InputError("every subject is held out for validation", "hold out fewer subjects")
+    return train, [s for s in subjects if s.subject_id in held_out]

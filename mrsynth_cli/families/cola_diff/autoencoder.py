@@ -25,7 +25,7 @@ from mrsynth_cli.families.cola_diff.config import AUTOENCODER_FAMILY, Autoencode
 from mrsynth_cli.families.cola_diff.data import brain_slices
 from mrsynth_cli.families.cola_diff.network import build_autoencoder
 from mrsynth_cli.training.augment import AugmentSettings, augment_sample
-from mrsynth_cli.training.data import SubjectArrays, load_training_subjects
+from mrsynth_cli.training.data import SubjectArrays, load_training_subjects, split_validation
 from mrsynth_cli.training.distributed import setup_distributed
 from mrsynth_cli.training.loop import TrainSettings, train_loop
 
@@ -222,16 +222,7 @@ def train_autoencoder(
             model_shape=config.model_shape,
             cache_dir=cache_dir,
         )
-    held_out = set(validation_subjects or [])
-    unknown = held_out - {s.subject_id for s in subjects}
-    if unknown:
-        raise InputError(
-            f"validation subject(s) {sorted(unknown)} not found", f"choose among {[s.subject_id for s in subjects]}"
-        )
-    train_subjects = [s for s in subjects if s.subject_id not in held_out]
-    val_subjects = [s for s in subjects if s.subject_id in held_out]
-    if not train_subjects:
-        raise InputError("every subject is held out for validation", "hold out fewer subjects")
+    train_subjects, val_subjects = split_validation(subjects, validation_subjects)
     log.info("autoencoder: training on %s", [s.subject_id for s in train_subjects])
     torch.manual_seed(settings.seed)
     network = AutoencoderTrainer(config)

@@ -31,7 +31,13 @@ from mrsynth_cli.families.cola_diff.inference import build_sampler, noise_schedu
 from mrsynth_cli.families.cola_diff.losses import diffusion_loss
 from mrsynth_cli.families.cola_diff.network import CoLaDiffModel
 from mrsynth_cli.training.augment import AugmentSettings
-from mrsynth_cli.training.data import SubjectArrays, TissueRequest, load_training_subjects, tissue_key
+from mrsynth_cli.training.data import (
+    SubjectArrays,
+    TissueRequest,
+    load_training_subjects,
+    split_validation,
+    tissue_key,
+)
 from mrsynth_cli.training.distributed import setup_distributed
 from mrsynth_cli.training.loop import TrainSettings, train_loop
 
@@ -153,16 +159,7 @@ def train_cola_diff(
             cache_dir=cache_dir,
             tissues=tissues,
         )
-    held_out = set(validation_subjects or [])
-    unknown = held_out - {s.subject_id for s in subjects}
-    if unknown:
-        raise InputError(
-            f"validation subject(s) {sorted(unknown)} not found", f"choose among {[s.subject_id for s in subjects]}"
-        )
-    train_subjects = [s for s in subjects if s.subject_id not in held_out]
-    val_subjects = [s for s in subjects if s.subject_id in held_out]
-    if not train_subjects:
-        raise InputError("every subject is held out for validation", "hold out fewer subjects")
+    train_subjects, val_subjects = split_validation(subjects, validation_subjects)
     log.info(
         "cola-diff: training on %s; validating on %s",
         [s.subject_id for s in train_subjects],

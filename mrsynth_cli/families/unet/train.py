@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrsynth_cli.errors import InputError
 from mrsynth_cli.families.unet.config import UNetConfig
 from mrsynth_cli.families.unet.network import build_network, predict_volume, stack_inputs
 from mrsynth_cli.training.augment import AugmentSettings, augment_sample
-from mrsynth_cli.training.data import SubjectArrays, load_training_subjects
+from mrsynth_cli.training.data import SubjectArrays, load_training_subjects, split_validation
 from mrsynth_cli.training.distributed import setup_distributed
 from mrsynth_cli.training.loop import TrainSettings, train_loop
 
@@ -114,14 +113,7 @@ def train_unet(
             model_shape=config.model_shape,
             cache_dir=cache_dir,
         )
-    held_out = set(validation_subjects or [])
-    unknown = held_out - {s.subject_id for s in subjects}
-    if unknown:
-        raise InputError(f"validation subject(s) {sorted(unknown)} not found", f"choose among {[s.subject_id for s in subjects]}")
-    train_subjects = [s for s in subjects if s.subject_id not in held_out]
-    val_subjects = [s for s in subjects if s.subject_id in held_out]
-    if not train_subjects:
-        raise InputError("every subject is held out for validation", "hold out fewer subjects")
+    train_subjects, val_subjects = split_validation(subjects, validation_subjects)
     log.info("training on %s; validating on %s", [s.subject_id for s in train_subjects], [s.subject_id for s in val_subjects])
     torch.manual_seed(settings.seed)  # network initialisation only; data and noise use passed generators
     network = build_network(config)
