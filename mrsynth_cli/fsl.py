@@ -6,10 +6,12 @@ FLIRT/FAST/BET go through fslpy in the preprocessing package.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["find_fsl_tool", "fsl_dir"]
+__all__ = ["find_fsl_tool", "fsl_dir", "fsl_output_type"]
 
 
 def fsl_dir() -> Path | None:
@@ -31,3 +33,17 @@ def find_fsl_tool(name: str) -> Path | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+@contextlib.contextmanager
+def fsl_output_type(value: str) -> Iterator[None]:
+    """Set ``FSLOUTPUTTYPE`` for child processes (fslpy's wrappers inherit ``os.environ``)."""
+    old = os.environ.get("FSLOUTPUTTYPE")
+    os.environ["FSLOUTPUTTYPE"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FSLOUTPUTTYPE", None)
+        else:
+            os.environ["FSLOUTPUTTYPE"] = old

@@ -44,14 +44,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mrsynth_cli.errors import InputError, MrsynthError
-from mrsynth_cli.fsl import find_fsl_tool
+from mrsynth_cli.fsl import find_fsl_tool, fsl_output_type
 from mrsynth_cli.io.contrasts import Contrast
 from mrsynth_cli.io.volume import Volume
 from mrsynth_cli.metrics.normalise import auto_brain_mask
 from mrsynth_cli.preprocessing.registration import (
     SitkSettings,
     _foreground,
-    _fsl_output_type,
     _itk_threads,
     _otsu_threshold,
     _prepare_intensities,
@@ -243,7 +242,7 @@ def _bet(reference: Volume, bet_path: Path) -> tuple[np.ndarray, dict[str, Any]]
         output = Path(folder) / "brain"
         command = ["bet", str(source), str(output), "-m", "-R"]
         try:
-            with _fsl_output_type("NIFTI_GZ"):
+            with fsl_output_type("NIFTI_GZ"):
                 outputs = bet(str(source), str(output), mask=True, robust=True, exitcode=True, silent=True)
             _, stderr, code = outputs.stdout
         except (FSLNotPresent, FileNotFoundError, PermissionError, subprocess.CalledProcessError) as exc:

@@ -40,7 +40,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import subprocess
 import tempfile
 import time
@@ -55,7 +54,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mrsynth_cli.errors import InputError, RuntimeFailure
-from mrsynth_cli.fsl import find_fsl_tool
+from mrsynth_cli.fsl import find_fsl_tool, fsl_output_type
 from mrsynth_cli.io.atomic import atomic_path
 from mrsynth_cli.io.volume import Volume, check_same_grid
 from mrsynth_cli.preprocessing.sitk_convert import (
@@ -812,20 +811,6 @@ def _register_sitk(
 # FSL FLIRT through fslpy
 
 
-@contextlib.contextmanager
-def _fsl_output_type(value: str) -> Iterator[None]:
-    """Set ``FSLOUTPUTTYPE`` for child processes (fslpy's wrappers inherit ``os.environ``)."""
-    old = os.environ.get("FSLOUTPUTTYPE")
-    os.environ["FSLOUTPUTTYPE"] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FSLOUTPUTTYPE", None)
-        else:
-            os.environ["FSLOUTPUTTYPE"] = old
-
-
 def _write_for_fsl(volume: Volume, path: Path) -> Path:
     image = nib.Nifti1Image(volume.data.astype(np.float32), volume.affine)
     image.set_sform(volume.affine, 1)
@@ -846,7 +831,7 @@ def _register_flirt(moving: Volume, fixed: Volume, dof: int, work_dir: Path) -> 
     out = work_dir / "moving_in_fixed.nii.gz"
     names = f"{moving.name} -> {fixed.name}"
     try:
-        with _fsl_output_type("NIFTI_GZ"):
+        with fsl_output_type("NIFTI_GZ"):
             outputs = flirt(
                 str(src),
                 str(ref),

@@ -56,14 +56,11 @@ noise fitted to FAST's PVE maps.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +70,7 @@ import numpy as np
 from scipy import ndimage, special, stats
 
 from mrsynth_cli.errors import InputError, RuntimeFailure
-from mrsynth_cli.fsl import find_fsl_tool
+from mrsynth_cli.fsl import find_fsl_tool, fsl_output_type
 from mrsynth_cli.io.contrasts import Contrast
 from mrsynth_cli.io.volume import Volume, check_same_grid
 
@@ -840,20 +837,6 @@ def _segment_embedded(
 # FSL FAST backend
 
 
-@contextlib.contextmanager
-def _fsl_output_type(value: str) -> Iterator[None]:
-    """Set ``FSLOUTPUTTYPE`` for child processes (fslpy's wrappers inherit ``os.environ``)."""
-    old = os.environ.get("FSLOUTPUTTYPE")
-    os.environ["FSLOUTPUTTYPE"] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FSLOUTPUTTYPE", None)
-        else:
-            os.environ["FSLOUTPUTTYPE"] = old
-
-
 def _run_fast(volumes: list[Volume], brain: np.ndarray, work: Path) -> tuple[np.ndarray, list[str]]:
     """Run FAST on the brain-masked volumes in ``work``; its PVE maps (3, X, Y, Z) in FAST's order and the command."""
     from fsl.utils.run import FSLNotPresent
@@ -876,7 +859,7 @@ def _run_fast(volumes: list[Volume], brain: np.ndarray, work: Path) -> tuple[np.
     names = ", ".join(v.name for v in volumes)
     hint = "check the inputs and $FSLDIR/bin/fast, or use --segmentation embedded"
     try:
-        with _fsl_output_type("NIFTI_GZ"):
+        with fsl_output_type("NIFTI_GZ"):
             outputs = fast(images, out=str(prefix), exitcode=True, silent=True, **options)
         # fslpy returns a Results dict whose .stdout is the runner's (stdout, stderr, exit code).
         _, stderr, code = outputs.stdout
