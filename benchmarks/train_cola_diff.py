@@ -16,7 +16,8 @@ Same four subjects, grid and scoring as ``train_shipped_unet.py`` (C-STAR never 
 6. ``--speed``: seconds per volume, NFE and peak RSS of DDIM-50 and the fast sampler with 10 and 20 steps
    (2 threads, fresh process, the final FLAIR model on one subject).
 
-Runs resume: finished runs are reused, interrupted or shorter ones continue with ``--resume``. A model
+Runs resume: finished runs are reused, interrupted or shorter ones continue with ``--resume``; scores are
+memoised per model, subject, inputs and sampler (redone when the model is retrained). A model
 embeds the autoencoder it was trained on (and its sha256 is in the model's config): after retraining an
 autoencoder, remove the model runs of that fold.
 
@@ -129,6 +130,11 @@ def score(run: Run, checkpoint: Path, name: str, target: str, held_out: str, inp
     from mrsynth_cli.io.subjects import subject_from_folder
 
     home = run.root / "scoring-home"
+    key = "_".join([name, held_out, *(inputs or ["all"]), *(sampler or [])])
+    memo = home / "scores" / f"{key}.json"
+    weights = checkpoint / "model.safetensors"
+    if memo.exists() and memo.stat().st_mtime > weights.stat().st_mtime:
+        return json.loads(memo.read_text())  # scored already, and the model has not been retrained since
     imported = run.mrsynth("weights", "import", str(checkpoint), "--name", name, "--force", home=home)
     if imported.returncode != 0:
         raise RuntimeError(f"import {name} failed:\n{imported.stderr[-3000:]}")
@@ -146,7 +152,10 @@ def score(run: Run, checkpoint: Path, name: str, target: str, held_out: str, inp
     evaluated = run.mrsynth("evaluate", "--pred", str(out), "--ref", str(subject.files[target_c]), "--json")
     metrics = json.loads(evaluated.stdout)["metrics"]
     inputs_used = [c.value for c in wanted]
-    return {"held_out": held_out, "inputs": inputs_used, "synthesize_seconds": round(seconds, 1), **metrics}
+    scored = {"held_out": held_out, "inputs": inputs_used, "synthesize_seconds": round(seconds, 1), **metrics}
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps(scored))
+    return scored
 
 
 def _mean(folds: list[dict]) -> dict:
