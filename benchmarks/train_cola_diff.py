@@ -274,6 +274,8 @@ def main() -> None:
                         help="3 steps, FLAIR, one fold, masks from all inputs: checks the plumbing only")
     parser.add_argument("--train-baselines", action="store_true",
                         help="retrain missing unet fold models (else their scores come from unet_loso.json)")
+    parser.add_argument("--finals-only", action="store_true",
+                        help="only train the final (shipped) models of --targets, one after the other, no folds")
     parser.add_argument("--ship", action="store_true",
                         help="only store the final models (float16) in the package and the manifest, with LOSO metrics")
     args = parser.parse_args()
@@ -288,6 +290,11 @@ def main() -> None:
     run = Run(args)
     folds = list(SUBJECTS)[:1] if args.smoke else list(SUBJECTS)
     finals = [] if args.smoke else [None]
+    if args.finals_only:
+        for target in args.targets:
+            train_autoencoder(run, None)
+            train_model(run, target, None)
+        return
     pool = ThreadPoolExecutor(args.jobs)
     list(pool.map(lambda h: train_autoencoder(run, h), [*finals, *folds]))
     jobs = [(t, h, None) for t in args.targets for h in [*finals, *folds]]
