@@ -119,7 +119,8 @@ def synthesize(
 
     weights_root = Path(request.weights_dir) if request.weights_dir else default_weights_dir()
     entries = all_entries(weights_root)
-    chosen = choose_models(entries, set(request.inputs), request.targets, model=request.model)
+    chosen = choose_models(entries, set(request.inputs), request.targets, model=request.model,
+                           physics=bool(request.acquisition))  # TR/TE given: prefer a physics-based model
     device = resolve_device(request.device)
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
