@@ -33,7 +33,7 @@ from mrsynth_cli.metrics.gmsd import gmsd_axial  # noqa: E402
 from mrsynth_cli.metrics.image import psnr, ssim2d_axial  # noqa: E402
 from mrsynth_cli.paths import cache_dir  # noqa: E402
 from mrsynth_cli.registry import load_adapter  # noqa: E402
-from mrsynth_cli.training.checkpoint import load_weights, read_checkpoint_config  # noqa: E402
+from mrsynth_cli.training.checkpoint import load_train_state, load_weights, read_checkpoint_config  # noqa: E402
 from mrsynth_cli.training.data import load_training_subjects  # noqa: E402
 
 
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05])
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="ema: the checkpoint's weights (EMA); raw: the last optimiser step's (train_state.pt), "
+                        "for runs too short for the EMA to catch up")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mrdiff.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -73,7 +76,11 @@ def main() -> None:
         info = read_checkpoint_config(ckpt)
         adapter = load_adapter(info.family)
         config = adapter.config_from_dict(info.config)
-        models[name] = (info.family, config, adapter.load_model(config, load_weights(ckpt / "model.safetensors"), device))
+        if args.weights == "ema":
+            weights = load_weights(ckpt / "model.safetensors")
+        else:
+            weights = load_train_state(ckpt)["model"]
+        models[name] = (info.family, config, adapter.load_model(config, weights, device))
     reference = next(c for f, c, _ in models.values() if f == "mrdiff")
     contrasts = [reference.target_contrast, *reference.input_contrasts]
     for family, config, _ in models.values():
@@ -129,7 +136,7 @@ def main() -> None:
         "benchmark": "mrdiff vs unet vs ablations on held-out phantom subjects",
         "target": str(reference.target_contrast), "inputs": [str(c) for c in reference.input_contrasts],
         "subjects": args.subjects, "slices_per_subject": args.slices, "sampler": f"ddim {args.steps} steps, eta 0",
-        "noise_sigmas": args.noise, "data": [str(p) for p in args.data],
+        "noise_sigmas": args.noise, "data": [str(p) for p in args.data], "weights": args.weights,
         "models": {name: training_record(args.runs / name) for name in models},
         "summary": summary, "rows": rows, "seconds_total": round(time.perf_counter() - started, 1),
         "command": " ".join(sys.argv),
