@@ -83,7 +83,7 @@ def main() -> None:
         models[name] = (info.family, config, adapter.load_model(config, weights, device))
     reference = next(c for f, c, _ in models.values() if f == "mrdiff")
     contrasts = [reference.target_contrast, *reference.input_contrasts]
-    for family, config, _ in models.values():
+    for _, config, _ in models.values():
         assert [config.target_contrast, *config.input_contrasts] == contrasts, "models must share target and inputs"
     subjects = [s for s in load_training_subjects(args.data, contrasts, required=contrasts,
                                                   spacing_mm=reference.spacing_mm, model_shape=reference.model_shape,

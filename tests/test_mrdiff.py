@@ -25,6 +25,7 @@ from mrsynth_cli.families.mrdiff.physics import (
     acquisition_tensor,
     mr_signal,
     parse_acquisition_flags,
+    protocol_mismatches,
     resolve_acquisition,
 )
 from mrsynth_cli.families.mrdiff.subbands import Subbands
@@ -73,7 +74,8 @@ SPIN_ECHO_AND_IR = {Contrast.T1: "T1w", Contrast.T2: "T2w", Contrast.PD: "PDw", 
 
 
 def test_signal_equation_on_true_maps_reproduces_the_phantom_contrasts(phantoms: Path) -> None:
-    """Fed the true T1/T2/PD maps and each sidecar's TR/TE/TI, eq. 6 (and IR for FLAIR) gives the images up to noise.
+    """Fed the true T1/T2/PD maps and each sidecar's TR/TE/TI, the physics module's signals (eq. 6, IR for FLAIR)
+    are the phantom's images up to noise.
 
     The phantom's image of a voxel is M0 * sum_k f_k S(PD_k, T1_k, T2_k) with M0 = SIGNAL_SCALE, times a
     smooth bias field (+-10-20 %), plus Rician noise of sigma = WM signal / SNR. In voxels of one tissue
@@ -91,12 +93,15 @@ def test_signal_equation_on_true_maps_reproduces_the_phantom_contrasts(phantoms:
     contrasts = list(files)
     acquisition = acquisition_tensor(contrasts, resolve_acquisition(contrasts, files))
     assert acquisition[3, 2] > 0 and acquisition[0, 2] == 0  # FLAIR has a TI, T1w none
+    shape = t1.shape
+    flat = [m.reshape(1, 1, shape[0], -1) for m in (t1, t2, pd)]  # (B, m, H, W) with the volume as one map
+    # Every image under every protocol: (1, K, X, Y*Z), condition-major as in the module.
+    signals = PhysicsModule.signals(*flat, acquisition[None]).reshape(len(contrasts), *shape) * SIGNAL_SCALE
     for i, (contrast, path) in enumerate(files.items()):
         image = _load(path)
         snr = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())["PhantomSNR"]
         errors, correlations = [], []
-        for tr, te, ti in acquisition:
-            signal = SIGNAL_SCALE * mr_signal(pd, t1, t2, tr, te, ti)
+        for signal in signals:
             errors.append(float(((signal - image).abs() / image.clamp(min=1e-6))[pure].median()))
             correlations.append(float(np.corrcoef(signal[brain].numpy(), image[brain].numpy())[0, 1]))
         assert errors[i] < 2.5 / snr, (contrast, errors, snr)
@@ -215,6 +220,13 @@ def test_acquisition_from_sidecar_flags_or_a_clear_error(tmp_path: Path) -> None
     assert resolved[Contrast.FLAIR].inversion_time == 2.5
     torch.testing.assert_close(acquisition_tensor([Contrast.FLAIR, Contrast.T1], resolved),
                                torch.tensor([[9.0, 0.09, 2.5], [0.45, 0.01, 0.0]]))
+    trained = ((0.6, 0.01, 0.0), (9.0, 0.09, 2.5))
+    assert protocol_mismatches([Contrast.T1, Contrast.FLAIR], acquisition_tensor([Contrast.T1, Contrast.FLAIR],
+                                                                                 resolved), trained) == []
+    far = torch.tensor([[0.008, 0.003, 0.0], [9.0, 0.09, 0.0]])  # a gradient-echo T1w; FLAIR without inversion
+    lines = protocol_mismatches([Contrast.T1, Contrast.FLAIR], far, trained)
+    assert len(lines) == 2 and lines[0].startswith("input T1: TR/TE/TI 0.008/0.003/0 s")
+    assert protocol_mismatches([Contrast.T1], far[:1], ()) == []  # unknown training protocol: nothing to say
     with pytest.raises(InputError, match="milliseconds"):
         parse_acquisition_flags(["t1=450"])
     with pytest.raises(InputError, match="contrast=seconds"):
@@ -278,6 +290,8 @@ def test_training_resumes_and_records_the_config(flow) -> None:
     assert flow["again"].exit_code == 2 and "--resume" in flow["again"].output
     meta = json.loads((flow["root"] / "run" / "checkpoint" / "config.json").read_text())
     assert meta["family"] == "mrdiff" and meta["step"] == 4 and meta["config"]["inputs"] == ["T1", "FLAIR"]
+    t1_protocol, flair_protocol = meta["config"]["training_acquisition"]  # the phantom's sidecars, per input
+    assert t1_protocol[2] == 0.0 and flair_protocol[0] == 9.0 and flair_protocol[2] > 2.0
     log = [json.loads(line) for line in (flow["root"] / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "validation" in r] == [2, 4]
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)

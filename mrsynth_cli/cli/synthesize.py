@@ -52,8 +52,9 @@ def synthesize(
     ] = None,
     tr: Annotated[
         list[str] | None,
-        typer.Option("--tr", help="Repetition time of an input in seconds, contrast=value (e.g. t1=0.45; several may "
-                     "follow); overrides its JSON sidecar. Needed by physics-based models (mrdiff), ignored by others."),
+        typer.Option("--tr", help="Repetition time of an input in seconds, contrast=value (e.g. t1=0.45; several "
+                     "may follow); overrides its JSON sidecar. Needed by physics-based models (mrdiff), ignored by "
+                     "others."),
     ] = None,
     te: Annotated[
         list[str] | None,
@@ -61,7 +62,8 @@ def synthesize(
     ] = None,
     ti: Annotated[
         list[str] | None,
-        typer.Option("--ti", help="Inversion time of an inversion-recovery input in seconds (e.g. flair=2.5), as --tr."),
+        typer.Option("--ti", help="Inversion time of an inversion-recovery input in seconds (e.g. flair=2.5), "
+                     "as --tr."),
     ] = None,
 ) -> None:
     """Synthesize TARGET from the inputs; the output lies on the reference input's grid, labelled synthetic.

@@ -288,7 +288,8 @@ def train_mrdiff_cmd(
     out: OutOpt,
     inputs: Annotated[
         list[str] | None,
-        typer.Option("--inputs", help="Input contrasts, all needed at inference (default: T1, T2, FLAIR minus the target)."),
+        typer.Option("--inputs", help="Input contrasts, all needed at inference (default: T1, T2, FLAIR minus the "
+                     "target)."),
     ] = None,
     config: Annotated[
         str, typer.Option("--config", help="mrdiff preset (cpu, paper) or a .toml file of the same layout.")
@@ -312,7 +313,8 @@ def train_mrdiff_cmd(
     ] = None,
     te: Annotated[list[str] | None, typer.Option("--te", help="Echo time of an input in seconds, as --tr.")] = None,
     ti: Annotated[
-        list[str] | None, typer.Option("--ti", help="Inversion time of an inversion-recovery input in seconds, as --tr.")
+        list[str] | None,
+        typer.Option("--ti", help="Inversion time of an inversion-recovery input in seconds, as --tr."),
     ] = None,
     validation_subject: ValidateOpt = None,
     checkpoint_every: PresetCheckpointOpt = None,

@@ -2,11 +2,14 @@
 
 MRDiff also needs each input's TR/TE (and TI): the pipeline calls :func:`resolve_acquisition` before
 preprocessing (flags, else sidecars, else an error) and passes the result to :func:`synthesize`; the
-values go into the output's provenance sidecar (:func:`acquisition_record`).
+values go into the output's provenance sidecar (:func:`acquisition_record`). The paper's generator
+never reads them (only the training-time condition decoder does), so synthesis uses them to warn
+when an input's protocol is far from the training protocol (``training_acquisition``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,12 @@ import torch
 
 from mrsynth_cli.errors import InputError
 from mrsynth_cli.families.mrdiff.config import MRDiffConfig
-from mrsynth_cli.families.mrdiff.physics import HOW_TO_SUPPLY, acquisition_record, acquisition_tensor
+from mrsynth_cli.families.mrdiff.physics import (
+    HOW_TO_SUPPLY,
+    acquisition_record,
+    acquisition_tensor,
+    protocol_mismatches,
+)
 from mrsynth_cli.families.mrdiff.physics import resolve_acquisition as _resolve
 from mrsynth_cli.io.contrasts import Contrast
 from mrsynth_cli.io.subjects import Acquisition
@@ -30,6 +38,8 @@ __all__ = [
     "resolve_acquisition",
     "acquisition_record",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def config_from_dict(data: dict[str, Any]) -> MRDiffConfig:
@@ -58,7 +68,8 @@ def load_model(config: MRDiffConfig, weights: dict[str, torch.Tensor], device: t
         network.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     except RuntimeError as exc:
         raise InputError(
-            "the weights do not fit the mrdiff configuration in the manifest", "re-import the checkpoint with its own config"
+            "the weights do not fit the mrdiff configuration in the manifest",
+            "re-import the checkpoint with its own config",
         ) from exc
     return network.to(device).eval()
 
@@ -92,10 +103,13 @@ def synthesize(
 
     if acquisition is None or any(c not in acquisition for c in config.input_contrasts):
         raise InputError("mrdiff needs the TR/TE of every input", HOW_TO_SUPPLY)
+    given = acquisition_tensor(config.input_contrasts, acquisition)
+    for line in protocol_mismatches(config.input_contrasts, given, config.training_acquisition):
+        log.warning("%s; expect a domain shift", line)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     out = synthesize_volume(
-        model, config, prep.model_inputs, prep.model_brain_mask, acquisition_tensor(config.input_contrasts, acquisition),
+        model, config, prep.model_inputs, prep.model_brain_mask, given,
         sampler=build_sampler(config, sampler, steps), generator=generator, device=device, progress=progress,
     )
     return {targets[0]: out}

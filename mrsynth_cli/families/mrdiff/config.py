@@ -65,6 +65,10 @@ class MRDiffConfig:
         num_train_timesteps, beta_schedule, beta_start, beta_end: the noise schedule.
         sampler, sampling_steps, eta: default sampler (``ddim`` or ``ddpm``), steps and DDIM eta.
         validation_steps, validation_slices: sampling steps and slices per subject for validation.
+        training_acquisition: per input, the median (TR, TE, TI) in seconds of the training subjects
+            (TI 0: none), filled in by training. The generator never sees TR/TE (Fig. 1: only the
+            condition decoder reads the physics features), so at synthesis they only serve to warn
+            when an input's protocol is far from the one the physics regularisation was trained on.
     """
 
     target: str = "T2"
@@ -96,6 +100,7 @@ class MRDiffConfig:
     eta: float = 0.0
     validation_steps: int = 10
     validation_slices: int = 8
+    training_acquisition: tuple[tuple[float, float, float], ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -115,6 +120,8 @@ class MRDiffConfig:
             raise InputError("mrdiff models spin-echo/inversion-recovery contrasts, not TOF", "leave TOF out")
         object.__setattr__(self, "target", target.value)
         object.__setattr__(self, "inputs", tuple(c.value for c in inputs))
+        rows = tuple(tuple(map(float, row)) for row in self.training_acquisition)
+        object.__setattr__(self, "training_acquisition", rows)
         factor = 2 ** len(self.channels)  # the DWT halves, then len(channels) - 1 downsamplings
         checks = [
             (len(self.model_shape) == 3, "model_shape needs three sizes"),
@@ -129,6 +136,11 @@ class MRDiffConfig:
             (self.sampler in SAMPLERS, f"sampler '{self.sampler}' is not one of {SAMPLERS}"),
             (0.0 <= self.eta <= 1.0, "eta must be in [0, 1]"),
             (self.sampling_steps >= 1 and self.validation_steps >= 1, "sampling steps must be >= 1"),
+            (
+                len(self.training_acquisition) in (0, len(inputs))
+                and all(len(row) == 3 for row in self.training_acquisition),
+                "training_acquisition needs one (TR, TE, TI) per input",
+            ),
         ]
         for ok, problem in checks:
             if not ok:
@@ -148,7 +160,9 @@ class MRDiffConfig:
         return self.consistency_copies if self.consistency else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data["training_acquisition"] = [list(row) for row in self.training_acquisition]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MRDiffConfig:
@@ -206,9 +220,14 @@ def load_preset(name_or_path: str = "cpu") -> Preset:
     loop_keys = {f.name for f in fields(TrainSettings)}
     bad = set(data.get("training", {})) - loop_keys
     if bad:
-        raise InputError(f"mrdiff config {path} [training] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}")
+        raise InputError(
+            f"mrdiff config {path} [training] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}"
+        )
     model = dict(data.get("model", {}))
-    if {"target", "inputs"} & set(model):
-        raise InputError(f"mrdiff config {path} [model] sets target/inputs", "they come from the command line")
+    if {"target", "inputs", "training_acquisition"} & set(model):
+        raise InputError(
+            f"mrdiff config {path} [model] sets target/inputs/training_acquisition",
+            "target and inputs come from the command line, training_acquisition from the data",
+        )
     MRDiffConfig.from_dict(model)  # validates keys and values
     return Preset(name=path.stem, model=model, training=dict(data.get("training", {})))

@@ -33,7 +33,9 @@ def build_sampler(config: MRDiffConfig, name: str | None, steps: int | None):
     """``auto``/None -> the config's sampler (DDIM, 50 steps by default); ``ddpm`` is ancestral sampling."""
     name = config.sampler if name in (None, "auto") else name
     if name not in SAMPLERS:
-        raise InputError(f"mrdiff models sample with {', '.join(SAMPLERS)}, not '{name}'", "pick --sampler ddim or ddpm")
+        raise InputError(
+            f"mrdiff models sample with {', '.join(SAMPLERS)}, not '{name}'", "pick --sampler ddim or ddpm"
+        )
     steps = steps or config.sampling_steps
     schedule = noise_schedule(config)
     common = {"prediction_type": "sample", "clip_range": (-1.0, 1.0), "num_inference_steps": steps}
@@ -70,7 +72,8 @@ def synthesize_volume(
         config: its config.
         inputs: model-space volumes (X, Y, Z) in [0, 1] of every input of the model.
         brain_mask: model-space brain mask.
-        acquisition: (K, 3) TR, TE, TI in seconds per input (:func:`~.physics.acquisition_tensor`).
+        acquisition: (K, 3) TR, TE, TI in seconds per input (:func:`~.physics.acquisition_tensor`). The
+            generator does not read them (Fig. 1); they are checked for shape only.
         sampler: an engine sampler with its timesteps set (default: the config's).
         generator: the one randomness source.
         device: where the network runs.
@@ -85,7 +88,11 @@ def synthesize_volume(
 
     missing = [str(c) for c in config.input_contrasts if c not in inputs]
     if missing:
-        raise InputError(f"this mrdiff model needs {', '.join(missing)} as well", f"give all of {', '.join(config.inputs)}")
+        raise InputError(
+            f"this mrdiff model needs {', '.join(missing)} as well", f"give all of {', '.join(config.inputs)}"
+        )
+    if tuple(acquisition.shape) != (len(config.inputs), 3):
+        raise InputError(f"acquisition parameters of shape {tuple(acquisition.shape)}", "report a bug")
     sampler = sampler or build_sampler(config, None, None)
     model.eval()
     output = np.zeros(brain_mask.shape, np.float32)
@@ -96,7 +103,6 @@ def synthesize_volume(
         zs = np.asarray(chunk)
         y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack[..., zs], -1, 0), dtype=np.float32))
         y = (y * 2.0 - 1.0).to(device)
-        acq = acquisition[None].expand(len(zs), -1, -1).to(device)
 
         def denoise_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             e_t, skips, emb = model.encode(x_t, y, t)

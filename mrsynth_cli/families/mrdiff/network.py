@@ -52,7 +52,9 @@ class _Level(nn.Module):
         self.blocks = nn.ModuleList(
             [PlainResBlock(channels_in if i == 0 else channels, channels, emb, dropout=dropout) for i in range(blocks)]
         )
-        self.attention = nn.ModuleList([SelfAttention(channels, heads) if attention else nn.Identity() for _ in range(blocks)])
+        self.attention = nn.ModuleList(
+            [SelfAttention(channels, heads) if attention else nn.Identity() for _ in range(blocks)]
+        )
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         for block, attention in zip(self.blocks, self.attention, strict=True):

@@ -33,6 +33,7 @@ __all__ = [
     "resolve_acquisition",
     "acquisition_tensor",
     "acquisition_record",
+    "protocol_mismatches",
     "HOW_TO_SUPPLY",
 ]
 
@@ -82,19 +83,26 @@ class PhysicsModule(nn.Module):
         a, b, c = h.chunk(3, dim=1)
         return F.softplus(a) * self.t1_unit_s + 1e-4, F.softplus(b) * self.t2_unit_s + 1e-5, F.softplus(c)
 
-    def forward(self, e_t: Tensor, acquisition: Tensor) -> Tensor:
-        """Eq. 7: ``DWT(Conv(signal_k(maps)))`` for ``acquisition`` (B, K, 3) = (TR, TE, TI) per condition."""
-        t1, t2, s0 = self.maps(e_t)
-        signals = []
+    @staticmethod
+    def signals(t1: Tensor, t2: Tensor, s0: Tensor, acquisition: Tensor) -> Tensor:
+        """The signal of every condition from (B, m, H, W) maps: (B, K m, H, W), condition-major.
+
+        ``acquisition`` is (B, K, 3) = (TR, TE, TI) in seconds per condition (TI = 0: spin echo).
+        """
+        out = []
         for k in range(acquisition.shape[1]):
             tr, te, ti = (acquisition[:, k, j].to(t1)[:, None, None, None] for j in range(3))
-            signals.append(mr_signal(s0, t1, t2, tr, te, ti))
-        return self.subbands.split(self.from_signals(torch.cat(signals, dim=1)))
+            out.append(mr_signal(s0, t1, t2, tr, te, ti))
+        return torch.cat(out, dim=1)
+
+    def forward(self, e_t: Tensor, acquisition: Tensor) -> Tensor:
+        """Eq. 7: ``DWT(Conv(signal_k(maps)))`` for ``acquisition`` (B, K, 3) = (TR, TE, TI) per condition."""
+        return self.subbands.split(self.from_signals(self.signals(*self.maps(e_t), acquisition)))
 
 
 def _seconds(key: str, value: float, where: str) -> float:
     if not value > 0:
-        raise InputError(f"{where}: {key} is {value}, not a positive number of seconds", "give it in seconds, e.g. 0.45")
+        raise InputError(f"{where}: {key} is {value}, not a positive number of seconds", "e.g. 0.45 (seconds)")
     if value > _MAX_SECONDS[key]:
         raise InputError(f"{where}: {key} = {value} looks like milliseconds", f"use seconds: {value / 1000:g}")
     return float(value)
@@ -186,3 +194,19 @@ def acquisition_record(acquisition: Mapping[Contrast, Acquisition]) -> dict[str,
     return {
         str(c): {k: v for k, v in a.to_dict().items() if k != "MagneticFieldStrength"} for c, a in acquisition.items()
     }
+
+
+def protocol_mismatches(
+    contrasts: list[Contrast], given: Tensor, trained: tuple[tuple[float, float, float], ...], factor: float = 1.5
+) -> list[str]:
+    """One line per input whose TR or TE differs from the training protocol by more than ``factor``, or whose
+    inversion (TI given or not) differs; empty when ``trained`` is unknown."""
+    lines = []
+    for contrast, row, reference in zip(contrasts, given.tolist(), trained, strict=False):
+        far = any(max(a / b, b / a) > factor for a, b in zip(row[:2], reference[:2], strict=True))
+        if far or (row[2] > 0) != (reference[2] > 0):
+            lines.append(
+                f"input {contrast}: TR/TE/TI {row[0]:g}/{row[1]:g}/{row[2]:g} s, but the model was trained on "
+                f"{reference[0]:g}/{reference[1]:g}/{reference[2]:g} s"
+            )
+    return lines

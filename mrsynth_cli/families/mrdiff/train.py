@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,8 @@ def train_mrdiff(
     acquisitions = subject_acquisitions(data, [s.subject_id for s in subjects], config.input_contrasts,
                                         acquisition_overrides)
     train_subjects, val_subjects = split_validation(subjects, validation_subjects)
+    medians = torch.stack([acquisitions[s.subject_id] for s in train_subjects]).median(dim=0).values
+    config = replace(config, training_acquisition=tuple(tuple(row) for row in medians.tolist()))
     log.info("mrdiff: training on %s; validating on %s", [s.subject_id for s in train_subjects],
              [s.subject_id for s in val_subjects])
     torch.manual_seed(settings.seed)  # network initialisation only; data and noise use passed generators
