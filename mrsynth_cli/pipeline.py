@@ -51,6 +51,8 @@ class SynthesisRequest:
     allow_download: bool = False
     progress: bool = False
     extra_sidecar: dict[str, Any] = field(default_factory=dict)
+    # Per-input TR/TE/TI overrides in seconds (--tr/--te/--ti); only families that model them read them.
+    acquisition: dict[Contrast, dict[str, float]] = field(default_factory=dict)
 
 
 def output_paths(request: SynthesisRequest, reference_path: Path) -> dict[Contrast, Path]:
@@ -117,7 +119,8 @@ def synthesize(
 
     weights_root = Path(request.weights_dir) if request.weights_dir else default_weights_dir()
     entries = all_entries(weights_root)
-    chosen = choose_models(entries, set(request.inputs), request.targets, model=request.model)
+    chosen = choose_models(entries, set(request.inputs), request.targets, model=request.model,
+                           physics=bool(request.acquisition))  # TR/TE given: prefer a physics-based model
     device = resolve_device(request.device)
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
@@ -128,6 +131,7 @@ def synthesize(
         by_model.setdefault(entry.name, []).append(target)
     entry_by_name = {e.name: e for e in chosen.values()}
     results: dict[Contrast, tuple[np.ndarray, Any, Any]] = {}
+    acquisition_used: dict[str, dict] = {}  # model name -> the TR/TE/TI it was given (physics-based families)
     for name, targets in by_model.items():
         entry = entry_by_name[name]
         spec = get_family(entry.family)
@@ -138,6 +142,11 @@ def synthesize(
             )
         adapter = load_adapter(entry.family)
         config = adapter.config_from_dict(entry.config)
+        extra_kwargs: dict[str, Any] = {}
+        if hasattr(adapter, "resolve_acquisition"):  # e.g. mrdiff: each input's TR/TE, from flags or sidecars
+            acquisition = adapter.resolve_acquisition(config, request.inputs, request.acquisition)
+            extra_kwargs["acquisition"] = acquisition
+            acquisition_used[entry.name] = adapter.acquisition_record(acquisition)
         key = (entry.name, str(device))
         if model_cache is not None and key in model_cache:
             weights, model = model_cache[key]
@@ -161,7 +170,7 @@ def synthesize(
             try:
                 draws.append(adapter.synthesize(
                     model, config, prep, targets, sampler=request.sampler, steps=request.steps,
-                    generator=generator, device=device, progress=request.progress,
+                    generator=generator, device=device, progress=request.progress, **extra_kwargs,
                 ))
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc) or device.type == "cpu":
@@ -173,7 +182,7 @@ def synthesize(
                 model = adapter.load_model(config, weights, device)
                 draws.append(adapter.synthesize(
                     model, config, prep, targets, sampler=request.sampler, steps=request.steps,
-                    generator=generator, device=device, progress=request.progress,
+                    generator=generator, device=device, progress=request.progress, **extra_kwargs,
                 ))
         for target in targets:
             stack = np.stack([d[target] for d in draws])
@@ -212,6 +221,7 @@ def synthesize(
             "Preprocessing": prep.record.to_dict(),
             "SecondsElapsed": round(time.monotonic() - started, 2),
             **({"Uncertainty": str(request.uncertainty)} if request.uncertainty is not None and len(stack) > 1 else {}),
+            **({"AcquisitionParameters": acquisition_used[entry.name]} if entry.name in acquisition_used else {}),
             **request.extra_sidecar,
         }
         write_json_atomic(sidecar_path(out), sidecar)

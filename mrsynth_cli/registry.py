@@ -59,6 +59,14 @@ FAMILIES: dict[str, FamilySpec] = {
         stochastic=True,
         separate_parts=("autoencoder",),
     ),
+    "mrdiff": FamilySpec(
+        name="mrdiff",
+        description="MRDiff physics-regularised diffusion, 2D (all inputs with their TR/TE -> one target)",
+        adapter="mrsynth_cli.families.mrdiff.adapter",
+        mapping="many-to-one",
+        dims="2D",
+        stochastic=True,
+    ),
 }
 
 

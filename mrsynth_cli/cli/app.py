@@ -72,7 +72,8 @@ app.command("report")(boundary(report_cmd.report))
 
 #: Options that take several values after one flag (``--in t1.nii.gz t2.nii.gz``).
 MULTI_VALUE_OPTIONS = frozenset({"--in", "--target", "--data", "--inputs", "--validation-subject",
-                                "--participant-label", "--transform", "--contrasts"})
+                                "--participant-label", "--transform", "--contrasts",
+                                "--tr", "--te", "--ti"})
 
 
 def expand_multi_value_options(argv: list[str]) -> list[str]:

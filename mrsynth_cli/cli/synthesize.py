@@ -50,6 +50,21 @@ def synthesize(
         Path | None,
         typer.Option("--qc-dir", help="Folder for the QC report (implies --qc; default: beside the output)."),
     ] = None,
+    tr: Annotated[
+        list[str] | None,
+        typer.Option("--tr", help="Repetition time of an input in seconds, contrast=value (e.g. t1=0.45; several "
+                     "may follow); overrides its JSON sidecar. Needed by physics-based models (mrdiff), ignored by "
+                     "others."),
+    ] = None,
+    te: Annotated[
+        list[str] | None,
+        typer.Option("--te", help="Echo time of an input in seconds, contrast=value (e.g. t1=0.0098), as --tr."),
+    ] = None,
+    ti: Annotated[
+        list[str] | None,
+        typer.Option("--ti", help="Inversion time of an inversion-recovery input in seconds (e.g. flair=2.5), "
+                     "as --tr."),
+    ] = None,
 ) -> None:
     """Synthesize TARGET from the inputs; the output lies on the reference input's grid, labelled synthetic.
 
@@ -83,6 +98,7 @@ def synthesize(
         reference=parse_contrast(ref) if ref else None, registration=registration, segmentation=segmentation,
         transforms=parse_transform_specs(transform),
         force=force, weights_dir=weights_dir, progress=sys.stderr.isatty(),
+        acquisition=_acquisition_flags(tr, te, ti),
     )
     qc = qc or qc_dir is not None
     if qc:  # refuse existing report files before any work, like the outputs themselves
@@ -100,6 +116,14 @@ def synthesize(
         typer.echo(f"wrote synthetic {contrast}: {path}")
     if qc:
         _write_qc(written, parsed, uncertainty, qc_dir, force)
+
+
+def _acquisition_flags(tr: list[str] | None, te: list[str] | None, ti: list[str] | None) -> dict:
+    if not (tr or te or ti):
+        return {}
+    from mrsynth_cli.families.mrdiff.physics import parse_acquisition_flags
+
+    return parse_acquisition_flags(tr, te, ti)
 
 
 def _write_qc(written: dict, inputs: dict, uncertainty: Path | None, qc_dir: Path | None, force: bool) -> None:

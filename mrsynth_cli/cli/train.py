@@ -280,6 +280,88 @@ def train_cola_diff_cmd(
     typer.echo(f"import it with: mrsynth weights import {ckpt} --name my-cola-diff-{target_c.value.lower()}")
 
 
+@app.command("mrdiff")
+@boundary
+def train_mrdiff_cmd(
+    data: DataOpt,
+    target: Annotated[str, typer.Option("--target", help="Contrast to synthesize.")],
+    out: OutOpt,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--inputs", help="Input contrasts, all needed at inference (default: T1, T2, FLAIR minus the "
+                     "target)."),
+    ] = None,
+    config: Annotated[
+        str, typer.Option("--config", help="mrdiff preset (cpu, paper) or a .toml file of the same layout.")
+    ] = "cpu",
+    ablate: Annotated[
+        str | None,
+        typer.Option("--ablate", help="Remove components (paper Fig. 4): comma list of physics, consistency."),
+    ] = None,
+    max_steps: PresetStepsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: PresetBatchOpt = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default: preset).")] = None,
+    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay (default: preset).")] = None,
+    channels: Annotated[
+        str | None, typer.Option("--channels", help="Encoder channels per level, comma-separated.")
+    ] = None,
+    tr: Annotated[
+        list[str] | None,
+        typer.Option("--tr", help="Repetition time of an input in seconds for every subject, contrast=value "
+                     "(e.g. t1=0.45); overrides the sidecars."),
+    ] = None,
+    te: Annotated[list[str] | None, typer.Option("--te", help="Echo time of an input in seconds, as --tr.")] = None,
+    ti: Annotated[
+        list[str] | None,
+        typer.Option("--ti", help="Inversion time of an inversion-recovery input in seconds, as --tr."),
+    ] = None,
+    validation_subject: ValidateOpt = None,
+    checkpoint_every: PresetCheckpointOpt = None,
+    validate_every: PresetValidateOpt = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="none or flip (default: preset).")] = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train an MRDiff model (x_0-predicting diffusion with MR-physics regularisation, eq. 11) for one target.
+
+    Every input's TR/TE (TI for FLAIR) comes from the subjects' JSON sidecars or from --tr/--te/--ti.
+    Import the result with: mrsynth weights import OUT/checkpoint --name NAME
+    """
+    from mrsynth_cli.families.mrdiff.config import MRDiffConfig, load_preset
+    from mrsynth_cli.families.mrdiff.physics import parse_acquisition_flags
+    from mrsynth_cli.families.mrdiff.train import train_mrdiff
+    from mrsynth_cli.io.contrasts import Contrast, parse_contrast
+    from mrsynth_cli.paths import cache_dir
+
+    preset = load_preset(config)
+    target_c = parse_contrast(target)
+    if inputs:
+        input_cs = [parse_contrast(c) for c in inputs]
+    else:
+        input_cs = [c for c in (Contrast.T1, Contrast.T2, Contrast.FLAIR) if c != target_c]
+    model = dict(preset.model)
+    if batch_size is not None:
+        model["batch_size"] = batch_size
+    if channels is not None:
+        model["channels"] = _int_list(channels, "--channels", "32,64,128")
+        model["attention_levels"] = (False,) * len(model["channels"])
+    model_config = MRDiffConfig(target=target_c.value, inputs=tuple(c.value for c in input_cs), **model)
+    if ablate:
+        model_config = model_config.ablated([a.strip() for a in ablate.split(",") if a.strip()])
+    settings = _loop_settings(
+        preset.training, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, ema_decay=ema, seed=seed,
+        device=device, checkpoint_every=checkpoint_every, validate_every=validate_every, augment=augment,
+    )
+    ckpt, summary = train_mrdiff(
+        data, model_config, out, settings, acquisition_overrides=parse_acquisition_flags(tr, te, ti),
+        validation_subjects=validation_subject, resume=resume, progress=sys.stderr.isatty(), cache_dir=cache_dir(),
+    )
+    typer.echo(f"trained on {', '.join(summary['train_subjects'])}; checkpoint: {ckpt}")
+    typer.echo(f"import it with: mrsynth weights import {ckpt} --name my-mrdiff-{target_c.value.lower()}")
+
+
 def _int_list(text: str, option: str, example: str, length: int | None = None) -> tuple[int, ...]:
     from mrsynth_cli.errors import InputError
 
