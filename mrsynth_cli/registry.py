@@ -29,6 +29,8 @@ class FamilySpec:
         stochastic: whether outputs are sampled (seeds, samplers and steps apply).
         separate_parts: parts trained by their own ``mrsynth train`` command before the family's
             network (e.g. a latent model's autoencoder); the network's checkpoint then holds them.
+        needs_acquisition: the model reads each input's TR/TE (``--tr/--te`` or sidecars); automatic
+            model choice considers it only when the user gave ``--tr/--te``.
     """
 
     name: str
@@ -38,6 +40,7 @@ class FamilySpec:
     dims: str
     stochastic: bool
     separate_parts: tuple[str, ...] = ()
+    needs_acquisition: bool = False
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -66,6 +69,7 @@ FAMILIES: dict[str, FamilySpec] = {
         mapping="many-to-one",
         dims="2D",
         stochastic=True,
+        needs_acquisition=True,
     ),
 }
 

@@ -35,6 +35,13 @@ def _preference(available: set[Contrast], targets: list[Contrast], physics: bool
     return _PREFER_MANY_TO_ONE
 
 
+def _needs_acquisition(family: str) -> bool:
+    from mrsynth_cli.registry import FAMILIES
+
+    spec = FAMILIES.get(family)
+    return spec is not None and spec.needs_acquisition
+
+
 def _rank(entry: ModelEntry, available: set[Contrast], order: tuple[str, ...]) -> tuple:
     family_rank = order.index(entry.family) if entry.family in order else len(order)
     covered = len(available & set(entry.inputs))
@@ -78,7 +85,8 @@ def choose_models(
             )
         return {t: entry for t in targets}
     order = _preference(available, targets, physics)
-    fitting = [e for e in entries if e.accepts(available)]
+    # A model that needs TR/TE is chosen automatically only when they were given (else it would refuse).
+    fitting = [e for e in entries if e.accepts(available) and (physics or not _needs_acquisition(e.family))]
     whole = [e for e in fitting if all(t in e.outputs for t in targets)]
     if whole:
         best = min(whole, key=lambda e: _rank(e, available, order))
