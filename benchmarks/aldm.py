@@ -14,7 +14,7 @@ child), with the networks of the ``cpu`` preset (2 mm, 80x96x80, latent 3x20x24x
   figure is extrapolated from a least-squares line through them, and measured directly only when the
   line predicts less than ``--measure-below`` GiB (the machine is shared).
 
-Usage: python benchmarks/aldm.py [--threads 2] [--steps 3] [--measure-below 6]
+Usage: python benchmarks/aldm.py [--threads 2] [--steps 3] [--measure-below 6] [--full-unet-only]
 Result: benchmarks/results/aldm.json
 """
 
@@ -109,7 +109,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--measure-below", type=float, default=6.0)
+    parser.add_argument("--full-unet-only", action="store_true",
+                        help="only measure the paper-scale UNet forward/backward at full size into an existing aldm.json")
     args = parser.parse_args()
+    if args.full_unet_only:
+        path = Path(__file__).resolve().parent / "results" / "aldm.json"
+        data = json.loads(path.read_text())
+        data["paper_scale"]["unet_fwd_bwd"]["measured_full"] = {
+            **_summary(child({"preset": "paper", "kind": "unet_fwd_bwd", "shape": [160, 192, 160], "steps": 1},
+                             args.threads)),
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        }
+        data.pop("machine", None)
+        print(write_result("aldm", data))
+        return
     load = os.getloadavg()
     result: dict = {"threads": args.threads, "load_average_at_start": [round(v, 2) for v in load],
                     "grid": "cpu preset: 2 mm, 80x96x80, latent 3x20x24x20"}
