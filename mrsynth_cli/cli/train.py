@@ -285,8 +285,8 @@ def train_cola_diff_cmd(
 def train_aldm_cmd(
     data: DataOpt,
     out: OutOpt,
-    stage: Annotated[str, typer.Option("--stage", help="vqgan (autoencoder + MS-SPADE), spade (MS-SPADE on the "
-                                       "frozen autoencoder) or ldm (latent diffusion; its checkpoint holds all).")],
+    stage: Annotated[str, typer.Option("--stage", help="vqgan (autoencoder; MS-SPADE too when the cycle term is on), "
+                                       "spade (MS-SPADE on the frozen autoencoder) or ldm (latent diffusion; its checkpoint holds all).")],
     autoencoder: Annotated[
         Path | None, typer.Option("--autoencoder", help="--stage spade: checkpoint folder of the vqgan stage.")
     ] = None,
