@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,7 +46,8 @@ if kind in ("vqgan", "spade", "ldm", "ae_fwd_bwd", "unet_fwd_bwd"):
     latent = [n // config.downsample for n in shape]
     x = torch.rand(1, 1, *shape, generator=g)
     z = torch.randn(1, config.ae_latent_channels, *latent, generator=g)
-    batch = {"x_src": x, "x_tar": x.flip(2), "z_src": z, "z_tar": z.flip(2), "src": torch.tensor([0]), "tar": torch.tensor([1])}
+    batch = {"x_src": x, "x_tar": x.flip(2), "z_src": z, "z_tar": z.flip(2),
+             "src": torch.tensor([0]), "tar": torch.tensor([1])}
     if kind in ("vqgan", "ae_fwd_bwd"):
         net, loss_fn = VQGANTrainer(config), vqgan_loss
     elif kind == "spade":
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--measure-below", type=float, default=6.0)
     parser.add_argument("--full-unet-only", action="store_true",
-                        help="only measure the paper-scale UNet forward/backward at full size into an existing aldm.json")
+                        help="only measure the paper-scale UNet forward/backward at full size "
+                        "into an existing aldm.json")
     args = parser.parse_args()
     if args.full_unet_only:
         path = Path(__file__).resolve().parent / "results" / "aldm.json"
@@ -164,7 +165,8 @@ def main() -> None:
         entry = {"measured": runs, "gib_per_megavoxel": round(slope * 1e6, 4), "intercept_gib": round(intercept, 3),
                  "predicted_full_gib": round(predicted, 1)}
         if predicted < args.measure_below:
-            full = _summary(child({"preset": "paper", "kind": kind, "shape": [160, 192, 160], "steps": 1}, args.threads))
+            spec = {"preset": "paper", "kind": kind, "shape": [160, 192, 160], "steps": 1}
+            full = _summary(child(spec, args.threads))
             entry["measured_full"] = full
         else:
             entry["measured_full"] = f"not run: predicted {predicted:.1f} GiB >= --measure-below {args.measure_below}"

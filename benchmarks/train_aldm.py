@@ -136,7 +136,8 @@ def main() -> None:
     write_result("aldm_real", {
         "held_out": args.held_out, "train_subjects": [s for s in SUBJECTS if s != args.held_out],
         "recipe": "--config cpu (2 mm, 80x96x80, latent 3x20x24x20), one thread per stage, --max-minutes per stage",
-        "stage_minutes_cap": args.minutes, "stage_wall_seconds (preprocessing and latent encoding included)": timings, "training_logs": logs,
+        "stage_minutes_cap": args.minutes,
+        "stage_wall_seconds (preprocessing and latent encoding included)": timings, "training_logs": logs,
         "ddim_steps": args.steps, "matrix": matrix, "montage": str(montage.relative_to(REPO)),
         "note": "metrics from mrsynth evaluate (both volumes scaled to their own 0.5/99.5 brain percentiles)",
     })

@@ -127,7 +127,6 @@ def test_ema_codebook_moves_restarts_dead_codes_and_only_in_training() -> None:
     q = VectorQuantizer(16, 3, update="ema", decay=0.9, dead_code_threshold=0.01)
     assert not q.embedding.requires_grad
     data = torch.randn(1, 3, 4, 4, 4) * 3.0 + 1.0
-    initial = q.embedding.detach().clone()
     q.train()
     _, _, first = q(data)
     # First step: a used code moves to the mean of its vectors; every unused code is restarted on an

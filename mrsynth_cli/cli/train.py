@@ -286,12 +286,17 @@ def train_aldm_cmd(
     data: DataOpt,
     out: OutOpt,
     stage: Annotated[str, typer.Option("--stage", help="vqgan (autoencoder; MS-SPADE too when the cycle term is on), "
-                                       "spade (MS-SPADE on the frozen autoencoder) or ldm (latent diffusion; its checkpoint holds all).")],
+                                       "spade (MS-SPADE on the frozen autoencoder) or ldm (latent diffusion; "
+                                       "its checkpoint holds all).")],
     autoencoder: Annotated[
         Path | None, typer.Option("--autoencoder", help="--stage spade: checkpoint folder of the vqgan stage.")
     ] = None,
-    spade: Annotated[Path | None, typer.Option("--spade", help="--stage ldm: checkpoint folder of the spade stage.")] = None,
-    config: Annotated[str, typer.Option("--config", help="aldm preset (cpu, paper) or a .toml file of the same layout.")] = "cpu",
+    spade: Annotated[
+        Path | None, typer.Option("--spade", help="--stage ldm: checkpoint folder of the spade stage.")
+    ] = None,
+    config: Annotated[
+        str, typer.Option("--config", help="aldm preset (cpu, paper) or a .toml file of the same layout.")
+    ] = "cpu",
     ablate: Annotated[
         str | None,
         typer.Option("--ablate", help="Paper Table 3 ablations, comma list: diffusion-only, palette, spade-only, kl "

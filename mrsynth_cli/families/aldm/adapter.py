@@ -49,7 +49,8 @@ def load_model(config: AldmConfig, weights: dict[str, torch.Tensor], device: tor
         model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     except RuntimeError as exc:
         raise InputError(
-            "the weights do not fit the aldm configuration in the manifest", "re-import the checkpoint with its own config"
+            "the weights do not fit the aldm configuration in the manifest",
+            "re-import the checkpoint with its own config",
         ) from exc
     return model.to(device).eval()
 
@@ -60,7 +61,8 @@ def choose_source(config: AldmConfig, available: list[Contrast], targets: list[C
         if contrast.value in config.contrasts and contrast not in targets:
             return contrast
     raise InputError(
-        f"none of the inputs ({', '.join(map(str, available))}) can be an aldm source for {', '.join(map(str, targets))}",
+        f"none of the inputs ({', '.join(map(str, available))}) can be an aldm source for "
+        f"{', '.join(map(str, targets))}",
         f"give one of {', '.join(config.contrasts)} that is not a --target",
     )
 

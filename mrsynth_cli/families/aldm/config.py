@@ -134,7 +134,7 @@ class AldmConfig:
         object.__setattr__(self, "model_shape", tuple(int(v) for v in self.model_shape))
         checks = [
             (len(contrasts) >= 2 and len(set(contrasts)) == len(contrasts), "contrasts must be >= 2 distinct names"),
-            (self.spatial_dims == 3, "spatial_dims must be 3 (whole volumes, the paper; the networks take it as a parameter)"),
+            (self.spatial_dims == 3, "spatial_dims must be 3 (whole volumes, as the paper)"),
             (len(self.model_shape) == 3, "model_shape must be three sizes"),
             (
                 all(n % self.downsample == 0 for n in self.model_shape[: self.spatial_dims]),
@@ -145,10 +145,19 @@ class AldmConfig:
                 f"ae_channels {self.ae_channels} must divide by ae_norm_num_groups {self.ae_norm_num_groups}",
             ),
             (self.ae_regularisation in ("vq", "kl"), f"ae_regularisation '{self.ae_regularisation}' is not vq or kl"),
-            (self.ae_codebook_update in ("ema", "loss"), f"ae_codebook_update '{self.ae_codebook_update}' is not ema or loss"),
+            (
+                self.ae_codebook_update in ("ema", "loss"),
+                f"ae_codebook_update '{self.ae_codebook_update}' is not ema or loss",
+            ),
             (0.0 <= self.ae_codebook_decay < 1.0, "ae_codebook_decay must be in [0, 1)"),
-            (self.condition in ("spade", "source", "none"), f"condition '{self.condition}' is not spade, source or none"),
-            (self.use_diffusion or self.condition == "spade", "use_diffusion = false (SPADE only) needs condition spade"),
+            (
+                self.condition in ("spade", "source", "none"),
+                f"condition '{self.condition}' is not spade, source or none",
+            ),
+            (
+                self.use_diffusion or self.condition == "spade",
+                "use_diffusion = false (SPADE only) needs condition spade",
+            ),
             (len(self.ldm_attention_levels) == len(self.ldm_channels), "ldm_attention_levels needs one flag per level"),
             (
                 all(c % self.ldm_norm_num_groups == 0 for c in self.ldm_channels),
@@ -181,7 +190,9 @@ class AldmConfig:
     def target_index(self, contrast: Contrast | str) -> int:
         value = parse_contrast(contrast).value if isinstance(contrast, str) else contrast.value
         if value not in self.contrasts:
-            raise InputError(f"this aldm model does not know {value}", f"it translates between {', '.join(self.contrasts)}")
+            raise InputError(
+                f"this aldm model does not know {value}", f"it translates between {', '.join(self.contrasts)}"
+            )
         return self.contrasts.index(value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,7 +261,9 @@ def load_preset(name_or_path: str = "cpu") -> Preset:
         table = dict(data.get(f"{stage}_training", {}))
         bad = set(table) - loop_keys
         if bad:
-            raise InputError(f"aldm config {path} [{stage}_training] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}")
+            raise InputError(
+                f"aldm config {path} [{stage}_training] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}"
+            )
         training[stage] = table
     model = dict(data.get("model", {}))
     AldmConfig.from_dict(model)  # validate now: a bad preset fails before any data is read

@@ -38,7 +38,8 @@ def build_sampler(config: AldmConfig, name: str | None, steps: int | None):
     if name == "ddim":
         return make_sampler("ddim", schedule, eta=config.eta, num_inference_steps=steps)
     if name == "fast":
-        return make_sampler("fast", schedule, kind="var" if steps >= 2 else "step", kappa=0.0, num_inference_steps=steps)
+        kind = "var" if steps >= 2 else "step"
+        return make_sampler("fast", schedule, kind=kind, kappa=0.0, num_inference_steps=steps)
     return make_sampler("ddpm", schedule, num_inference_steps=steps)
 
 

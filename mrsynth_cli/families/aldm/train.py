@@ -253,7 +253,9 @@ def _load_part(module: nn.Module, weights: dict[str, Tensor], prefix: str, sourc
     try:
         module.load_state_dict(_part(weights, prefix), strict=True)
     except RuntimeError as exc:
-        raise InputError(f"the weights in {source} do not fit its config ({prefix[:-1]})", "re-train that stage") from exc
+        raise InputError(
+            f"the weights in {source} do not fit its config ({prefix[:-1]})", "re-train that stage"
+        ) from exc
 
 
 def _validation_vqgan(config: AldmConfig, subjects: list[SubjectArrays], device: torch.device):
@@ -314,7 +316,9 @@ def train_aldm(
         raise InputError(f"unknown aldm stage '{stage}'", f"use one of {', '.join(STAGES)}")
     augment = AugmentSettings.parse(settings.augment)
     if set(augment.enabled) - {"flip"}:
-        raise InputError("aldm trains on whole volumes and cached latents: only --augment flip (or none)", "use --augment flip")
+        raise InputError(
+            "aldm trains on whole volumes and cached latents: only --augment flip (or none)", "use --augment flip"
+        )
     flip = "flip" in augment.enabled
     earlier_weights: dict[str, Tensor] = {}
     if stage != "vqgan":

@@ -111,7 +111,8 @@ class LatentAutoencoder(nn.Module):
         self.config = config
         levels = len(config.ae_channels)
         common = dict(
-            spatial_dims=config.spatial_dims, channels=config.ae_channels, num_res_blocks=(config.ae_num_res_blocks,) * levels,
+            spatial_dims=config.spatial_dims, channels=config.ae_channels,
+            num_res_blocks=(config.ae_num_res_blocks,) * levels,
             norm_num_groups=config.ae_norm_num_groups, norm_eps=1e-6, attention_levels=(False,) * levels,
             with_nonlocal_attn=False,
         )
