@@ -71,6 +71,16 @@ FAMILIES: dict[str, FamilySpec] = {
         stochastic=True,
         needs_acquisition=True,
     ),
+    "aldm": FamilySpec(
+        name="aldm",
+        description="ALDM 3D latent diffusion with VQ-GAN and MS-SPADE (one source -> any other contrast; "
+        "trained in three stages by 'mrsynth train aldm --stage vqgan|spade|ldm')",
+        adapter="mrsynth_cli.families.aldm.adapter",
+        mapping="one-to-many",
+        dims="3D",
+        stochastic=True,
+        separate_parts=("vqgan", "spade"),
+    ),
 }
 
 

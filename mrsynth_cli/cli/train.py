@@ -362,6 +362,82 @@ def train_mrdiff_cmd(
     typer.echo(f"import it with: mrsynth weights import {ckpt} --name my-mrdiff-{target_c.value.lower()}")
 
 
+@app.command("aldm")
+@boundary
+def train_aldm_cmd(
+    data: DataOpt,
+    out: OutOpt,
+    stage: Annotated[str, typer.Option("--stage", help="vqgan (autoencoder; MS-SPADE too when the cycle term is on), "
+                                       "spade (MS-SPADE on the frozen autoencoder) or ldm (latent diffusion; "
+                                       "its checkpoint holds all).")],
+    autoencoder: Annotated[
+        Path | None, typer.Option("--autoencoder", help="--stage spade: checkpoint folder of the vqgan stage.")
+    ] = None,
+    spade: Annotated[
+        Path | None, typer.Option("--spade", help="--stage ldm: checkpoint folder of the spade stage.")
+    ] = None,
+    config: Annotated[
+        str, typer.Option("--config", help="aldm preset (cpu, paper) or a .toml file of the same layout.")
+    ] = "cpu",
+    ablate: Annotated[
+        str | None,
+        typer.Option("--ablate", help="Paper Table 3 ablations, comma list: diffusion-only, palette, spade-only, kl "
+                     "(kl: give it to --stage vqgan)."),
+    ] = None,
+    max_steps: PresetStepsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate (default: preset).")] = None,
+    adversarial_weight: Annotated[
+        float | None, typer.Option("--adversarial-weight", help="--stage vqgan: patch-adversarial weight (0: off).")
+    ] = None,
+    cycle_weight: Annotated[
+        float | None, typer.Option("--cycle-weight", help="--stage vqgan: translation + cycle weight (0: off).")
+    ] = None,
+    validation_subject: ValidateOpt = None,
+    checkpoint_every: PresetCheckpointOpt = None,
+    validate_every: PresetValidateOpt = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="none or flip (default: preset).")] = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train one stage of ALDM (3D, whole volumes): vqgan, then spade, then ldm.
+
+    One model translates any of its contrasts into any other. Import the ldm stage's checkpoint with:
+    mrsynth weights import OUT/checkpoint --name NAME (it holds the autoencoder and MS-SPADE too).
+    """
+    from mrsynth_cli.errors import InputError
+    from mrsynth_cli.families.aldm.config import STAGES, AldmConfig, load_preset
+    from mrsynth_cli.families.aldm.train import train_aldm
+    from mrsynth_cli.paths import cache_dir
+
+    if stage not in STAGES:
+        raise InputError(f"unknown --stage '{stage}'", f"use one of {', '.join(STAGES)}")
+    previous = {"vqgan": None, "spade": autoencoder, "ldm": spade}[stage]
+    preset = load_preset(config)
+    model = dict(preset.model)
+    if adversarial_weight is not None:
+        model["ae_adversarial_weight"] = adversarial_weight
+    if cycle_weight is not None:
+        model["ae_cycle_weight"] = cycle_weight
+    model_config = AldmConfig.from_dict(model)
+    if ablate:
+        model_config = model_config.ablated([a.strip() for a in ablate.split(",") if a.strip()])
+    settings = _loop_settings(
+        preset.training[stage], max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, seed=seed,
+        device=device, checkpoint_every=checkpoint_every, validate_every=validate_every, augment=augment,
+    )
+    ckpt, summary = train_aldm(
+        stage, data, model_config, out, settings, previous=previous, validation_subjects=validation_subject,
+        resume=resume, progress=sys.stderr.isatty(), cache_dir=cache_dir(),
+    )
+    typer.echo(f"trained on {', '.join(summary['train_subjects'])}; checkpoint: {ckpt}")
+    follow = {"vqgan": f"next: mrsynth train aldm --stage spade --autoencoder {ckpt} --data ... --out ...",
+              "spade": f"next: mrsynth train aldm --stage ldm --spade {ckpt} --data ... --out ...",
+              "ldm": f"import it with: mrsynth weights import {ckpt} --name my-aldm"}
+    typer.echo(follow[stage])
+
+
 def _int_list(text: str, option: str, example: str, length: int | None = None) -> tuple[int, ...]:
     from mrsynth_cli.errors import InputError
 

@@ -69,6 +69,11 @@ def import_checkpoint(
             f"{info.path} is a cola-diff autoencoder, not a synthesis model",
             "train a model on it (mrsynth train cola-diff --autoencoder ...) and import that: it embeds it",
         )
+    if info.family in ("aldm-vqgan", "aldm-spade"):
+        raise InputError(
+            f"{info.path} is an {info.family} stage checkpoint, not a synthesis model",
+            "train the next aldm stages (--stage spade, then --stage ldm) and import the ldm one: it embeds all parts",
+        )
     source = info.path / WEIGHTS_FILE
     if not source.exists():
         raise InputError(f"{info.path} has no {WEIGHTS_FILE}", "give the checkpoint folder written by mrsynth train")
