@@ -216,16 +216,19 @@ def _loso_metrics(target: str, loso: dict) -> dict:
 
 
 def ship(run: Run, targets: list[str]) -> None:
-    """Store the final models in mrsynth_cli/weights/files (float16 safetensors) with manifest entries."""
+    """Copy the final models into mrsynth_cli/weights/files and (re)write their manifest entries.
+
+    An entry whose leave-one-subject-out scores are below the unet baseline's on PSNR or SSIM (3D) is
+    marked ``automatic = false``: shipped for study and ``--model``, never picked by default.
+    """
     import tomllib
 
     import tomli_w
-    from safetensors.torch import load_file, save_file
 
     from mrsynth_cli.training.checkpoint import read_checkpoint_config
     from mrsynth_cli.weights.importer import manifest_entry_for
     from mrsynth_cli.weights.manifest import SCHEMA_VERSION, load_manifest, packaged_manifest_path
-    from mrsynth_cli.weights.store import sha256_of
+    from mrsynth_cli.weights.store import copy_atomic, sha256_of
 
     loso_path = REPO / "benchmarks" / "results" / "cola_diff_loso.json"
     loso = json.loads(loso_path.read_text()) if loso_path.exists() else {}
@@ -240,12 +243,7 @@ def ship(run: Run, targets: list[str]) -> None:
         info = read_checkpoint_config(checkpoint)
         name = f"cola-diff-{target.lower()}"
         destination = files_dir / f"{name}.safetensors"
-        # float16 storage halves the package (the loader copies into float32 parameters); measured harmless:
-        # see the README's CoLa-Diff section.
-        weights = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(checkpoint / "model.safetensors").items()}
-        tmp = destination.with_suffix(".tmp")
-        save_file(weights, str(tmp))
-        tmp.replace(destination)
+        copy_atomic(checkpoint / "model.safetensors", destination)
         models[name] = manifest_entry_for(
             name=name, family="cola-diff", config=info.config, weights_path=destination.name,
             sha256=sha256_of(destination), size=destination.stat().st_size, version="0.1.0", licence=LICENCE,
@@ -254,6 +252,11 @@ def ship(run: Run, targets: list[str]) -> None:
             metrics=_loso_metrics(target, loso),
             description=f"CoLa-Diff latent diffusion: any subset of {'/'.join(info.config['inputs'])} -> {target}",
         )
+        found = loso.get("targets", {}).get(target)
+        beats = found is not None and all(
+            found["cola_diff"]["mean"][k] >= found["unet"]["mean"][k] for k in ("psnr", "ssim3d"))
+        if not beats:
+            models[name]["automatic"] = False
     data = {"schema_version": SCHEMA_VERSION, "model": [models[k] for k in sorted(models)]}
     manifest.write_text(header + tomli_w.dumps(data))
     load_manifest(packaged_manifest_path())  # validate what was written
@@ -277,7 +280,7 @@ def main() -> None:
     parser.add_argument("--finals-only", action="store_true",
                         help="only train the final (shipped) models of --targets, one after the other, no folds")
     parser.add_argument("--ship", action="store_true",
-                        help="only store the final models (float16) in the package and the manifest, with LOSO metrics")
+                        help="only copy the final models into the package and the manifest, with their LOSO metrics")
     args = parser.parse_args()
     if args.ship:
         ship(Run(args), args.targets)

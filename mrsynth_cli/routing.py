@@ -86,7 +86,9 @@ def choose_models(
         return {t: entry for t in targets}
     order = _preference(available, targets, physics)
     # A model that needs TR/TE is chosen automatically only when they were given (else it would refuse).
-    fitting = [e for e in entries if e.accepts(available) and (physics or not _needs_acquisition(e.family))]
+    # A model marked automatic = false in its manifest runs only when named with --model.
+    fitting = [e for e in entries if e.accepts(available) and e.automatic
+               and (physics or not _needs_acquisition(e.family))]
     whole = [e for e in fitting if all(t in e.outputs for t in targets)]
     if whole:
         best = min(whole, key=lambda e: _rank(e, available, order))

@@ -9,9 +9,9 @@ from mrsynth_cli.weights.manifest import ModelEntry
 T1, T2, FLAIR = Contrast.T1, Contrast.T2, Contrast.FLAIR
 
 
-def _entry(name: str, family: str) -> ModelEntry:
+def _entry(name: str, family: str, automatic: bool = True) -> ModelEntry:
     return ModelEntry(name=name, family=family, version="0", inputs=(T1, T2), outputs=(FLAIR,), geometry={},
-                      config={}, files=(), licence="", training_data="", min_inputs=1)
+                      config={}, files=(), licence="", training_data="", min_inputs=1, automatic=automatic)
 
 
 def test_physics_family_only_when_tr_te_given() -> None:
@@ -25,3 +25,9 @@ def test_physics_family_only_when_tr_te_given() -> None:
 def test_diffusion_family_preferred_over_baseline() -> None:
     entries = [_entry("base", "unet"), _entry("latent", "cola-diff")]
     assert choose_models(entries, {T1, T2}, [FLAIR])[FLAIR].name == "latent"
+
+
+def test_model_marked_not_automatic_runs_only_when_named() -> None:
+    entries = [_entry("base", "unet"), _entry("latent", "cola-diff", automatic=False)]
+    assert choose_models(entries, {T1, T2}, [FLAIR])[FLAIR].name == "base"
+    assert choose_models(entries, {T1, T2}, [FLAIR], model="latent")[FLAIR].name == "latent"

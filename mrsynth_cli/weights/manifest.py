@@ -29,7 +29,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _ENTRY_KEYS = {
     "name", "family", "version", "inputs", "outputs", "geometry", "config", "files", "licence",
-    "training_data", "metrics", "description", "min_inputs", "source",
+    "training_data", "metrics", "description", "min_inputs", "source", "automatic",
 }
 _FILE_KEYS = {"path", "repo_id", "revision", "filename", "sha256", "size"}
 
@@ -67,6 +67,8 @@ class ModelEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     min_inputs: int = 1
+    # False: used only when named with --model (e.g. shipped for study while it scores below the baseline).
+    automatic: bool = True
     source: str = "packaged"  # "packaged" or "local" (imported); set by the loader, not the file
     manifest: Path | None = None
 
@@ -133,6 +135,7 @@ def _parse_entry(manifest: Path, raw: dict[str, Any], source: str) -> ModelEntry
         metrics=dict(raw.get("metrics", {})),
         description=str(raw.get("description", "")),
         min_inputs=int(raw.get("min_inputs", 1)),
+        automatic=bool(raw.get("automatic", True)),
         source=source,
         manifest=manifest,
     )
