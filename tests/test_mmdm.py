@@ -264,7 +264,16 @@ def flow(tmp_path_factory) -> dict:
     from mrsynth_cli.phantom import simulate_dataset
 
     root = tmp_path_factory.mktemp("mmdm")
-    simulate_dataset(root / "data", n_subjects=2, seed=3, resolution_mm=4.0)
+    simulate_dataset(root / "data", n_subjects=2, seed=3, resolution_mm=4.0, skull=False)
+    # Skull-strip with the phantom's own ground-truth brain mask, so preprocessing detects a stripped brain
+    # instead of registering a template (tens of seconds per subject on a shared CPU).
+    for subject in ("sub-01", "sub-02"):
+        mask = nib.load(str(root / "data" / "derivatives" / "phantom" / subject / "anat" /
+                            f"{subject}_desc-brain_mask.nii.gz")).get_fdata() > 0
+        for path in (root / "data" / subject / "anat").glob("*.nii.gz"):
+            image = nib.load(str(path))
+            nib.save(nib.Nifti1Image(np.where(mask, image.get_fdata(), 0).astype(np.float32), image.affine,
+                                     image.header), str(path))
     config = root / "tiny.toml"
     config.write_text(TINY_TOML)
     env = {"MRSYNTH_HOME": str(root / "home")}
