@@ -26,7 +26,6 @@ from mrsynth_cli.families.mmdm.losses import (
 from mrsynth_cli.families.mmdm.network import MMDMModel
 from mrsynth_cli.families.mmdm.train import make_loss
 from mrsynth_cli.families.mmdm.windows import extract_windows, sliding_window_average, window_starts
-from mrsynth_cli.io.contrasts import Contrast
 from mrsynth_cli.sampling.bridge import BridgeSchedule
 
 
@@ -40,9 +39,22 @@ def one_thread():
 
 
 def tiny_config(**changes) -> MMDMConfig:
-    values = dict(model_shape=(16, 16, 8), slices=3, window_stride=2, batch_size=2, channels=(8, 16), blocks=(1, 1),
-                  heads=(1, 2), time_channels=16, fusion_channels=(8,), fusion_blocks=(1,), num_train_timesteps=100,
-                  sampling_steps=3, validation_steps=2, validation_windows=1)
+    values = dict(
+        model_shape=(16, 16, 8),
+        slices=3,
+        window_stride=2,
+        batch_size=2,
+        channels=(8, 16),
+        blocks=(1, 1),
+        heads=(1, 2),
+        time_channels=16,
+        fusion_channels=(8,),
+        fusion_blocks=(1,),
+        num_train_timesteps=100,
+        sampling_steps=3,
+        validation_steps=2,
+        validation_windows=1,
+    )
     return MMDMConfig(**{**values, **changes})
 
 
@@ -93,8 +105,9 @@ def test_gumbel_mip_tends_to_the_hard_max_as_tau_goes_to_zero() -> None:
     # Distinct values 1/160 apart, so that a small enough tau separates every pair.
     x = (torch.randperm(160, generator=torch.Generator().manual_seed(1)).float() / 80 - 1).reshape(2, 5, 4, 4)
     hard = cumulative_mip(x)
-    errors = [(gumbel_cumulative_mip(x, tau, None, gumbel_scale=0.0) - hard).abs().max().item()
-              for tau in (1.0, 0.1, 1e-4)]
+    errors = [
+        (gumbel_cumulative_mip(x, tau, None, gumbel_scale=0.0) - hard).abs().max().item() for tau in (1.0, 0.1, 1e-4)
+    ]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5
     # With the Gumbel noise of eq. 6 the limit is the hard max of the perturbed values (a Gumbel-max draw).
     tau = 1e-4
@@ -171,8 +184,9 @@ def test_training_loss_passes_every_samples_delta_and_trains_the_sigmas(monkeypa
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant,inputs", [("mmdm", ("T1", "T2", "FLAIR")), ("bbdm", ("T1",)),
-                                            ("concat", ("T1", "T2", "FLAIR"))])
+@pytest.mark.parametrize(
+    "variant,inputs", [("mmdm", ("T1", "T2", "FLAIR")), ("bbdm", ("T1",)), ("concat", ("T1", "T2", "FLAIR"))]
+)
 def test_variants_predict_windows_and_untrained_fusion_is_the_mean(variant: str, inputs: tuple[str, ...]) -> None:
     config = tiny_config(variant=variant, inputs=inputs)
     model = MMDMModel(config).eval()
@@ -205,7 +219,7 @@ def test_config_rejects_bad_values_and_presets_load() -> None:
 def test_sliding_window_reconstructs_a_volume_exactly_for_an_identity_model(stride: int) -> None:
     volume = np.random.default_rng(stride).random((6, 7, 11)).astype(np.float32)
     starts = window_starts(11, 3, stride)
-    assert starts[0] == 0 and starts[-1] == 8 and all(b - a <= stride for a, b in zip(starts, starts[1:]))
+    assert starts[0] == 0 and starts[-1] == 8 and all(b - a <= stride for a, b in zip(starts, starts[1:], strict=False))
     calls = []
 
     def identity(chunk: list[int]) -> np.ndarray:
@@ -219,8 +233,9 @@ def test_sliding_window_reconstructs_a_volume_exactly_for_an_identity_model(stri
 
 def test_sliding_window_averages_overlaps() -> None:
     starts = window_starts(5, 3, 1)  # 0, 1, 2: slice 2 is in all three windows
-    out = sliding_window_average(lambda c: np.stack([np.full((3, 1, 1), s, np.float32) for s in c]), (1, 1, 5),
-                                 starts, 3)
+    out = sliding_window_average(
+        lambda c: np.stack([np.full((3, 1, 1), s, np.float32) for s in c]), (1, 1, 5), starts, 3
+    )
     np.testing.assert_allclose(out[0, 0], [0, 0.5, 1, 1.5, 2])
 
 
@@ -268,17 +283,39 @@ def flow(tmp_path_factory) -> dict:
     # Skull-strip with the phantom's own ground-truth brain mask, so preprocessing detects a stripped brain
     # instead of registering a template (tens of seconds per subject on a shared CPU).
     for subject in ("sub-01", "sub-02"):
-        mask = nib.load(str(root / "data" / "derivatives" / "phantom" / subject / "anat" /
-                            f"{subject}_desc-brain_mask.nii.gz")).get_fdata() > 0
+        mask = (
+            nib.load(
+                str(root / "data" / "derivatives" / "phantom" / subject / "anat" / f"{subject}_desc-brain_mask.nii.gz")
+            ).get_fdata()
+            > 0
+        )
         for path in (root / "data" / subject / "anat").glob("*.nii.gz"):
             image = nib.load(str(path))
-            nib.save(nib.Nifti1Image(np.where(mask, image.get_fdata(), 0).astype(np.float32), image.affine,
-                                     image.header), str(path))
+            nib.save(
+                nib.Nifti1Image(np.where(mask, image.get_fdata(), 0).astype(np.float32), image.affine, image.header),
+                str(path),
+            )
     config = root / "tiny.toml"
     config.write_text(TINY_TOML)
     env = {"MRSYNTH_HOME": str(root / "home")}
-    common = ["train", "mmdm", "--data", str(root / "data"), "--out", str(root / "run"), "--config", str(config),
-              "--device", "cpu", "--checkpoint-every", "2", "--validation-subject", "sub-02", "--validate-every", "4"]
+    common = [
+        "train",
+        "mmdm",
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(root / "run"),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "2",
+        "--validation-subject",
+        "sub-02",
+        "--validate-every",
+        "4",
+    ]
     first = invoke(*common, "--max-steps", "2", env=env)
     assert first.exit_code == 0, first.output
     again = invoke(*common, "--max-steps", "2", env=env)
@@ -304,9 +341,25 @@ def test_import_synthesize_writes_tof_on_the_input_grid_and_three_mips(flow, tmp
     assert imported.exit_code == 0, imported.output
     anat = flow["root"] / "data" / "sub-02" / "anat"
     out, mips = tmp_path / "tof.nii.gz", tmp_path / "mips"
-    args = ["synthesize", "--in", f"t1={anat / 'sub-02_T1w.nii.gz'}", f"t2={anat / 'sub-02_T2w.nii.gz'}",
-            f"flair={anat / 'sub-02_FLAIR.nii.gz'}", "--target", "tof", "--out", str(out), "--steps", "2",
-            "--device", "cpu", "--mip-dir", str(mips), "--registration", "none"]
+    args = [
+        "synthesize",
+        "--in",
+        f"t1={anat / 'sub-02_T1w.nii.gz'}",
+        f"t2={anat / 'sub-02_T2w.nii.gz'}",
+        f"flair={anat / 'sub-02_FLAIR.nii.gz'}",
+        "--target",
+        "tof",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--mip-dir",
+        str(mips),
+        "--registration",
+        "none",
+    ]
     result = invoke(*args, env=env)
     assert result.exit_code == 0, result.output
     source = nib.load(str(anat / "sub-02_T1w.nii.gz"))

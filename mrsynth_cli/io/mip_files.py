@@ -30,9 +30,7 @@ __all__ = ["mip_paths", "write_mip_files"]
 def mip_paths(volume_path: Path, out_dir: Path) -> dict[str, tuple[Path, Path]]:
     """``{view: (nifti, png)}``: ``<out_dir>/<stem>_mip-<view>.nii.gz`` and ``.png``."""
     stem = nifti_stem(volume_path)
-    return {
-        view: (out_dir / f"{stem}_mip-{view}.nii.gz", out_dir / f"{stem}_mip-{view}.png") for view in PROJECTIONS
-    }
+    return {view: (out_dir / f"{stem}_mip-{view}.nii.gz", out_dir / f"{stem}_mip-{view}.png") for view in PROJECTIONS}
 
 
 def _canonical_affine(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -66,7 +64,9 @@ def write_mip_files(
     data = np.asarray(data, dtype=np.float32)
     mips = maximum_intensity_projections(data, affine)
     canonical = _canonical_affine(np.asarray(affine, dtype=np.float64), data.shape)
-    shape = nib.orientations.apply_orientation(np.empty(data.shape, bool), nib.orientations.io_orientation(affine)).shape
+    shape = nib.orientations.apply_orientation(
+        np.empty(data.shape, bool), nib.orientations.io_orientation(affine)
+    ).shape
     for view, axis in PROJECTIONS.items():
         nifti, png = paths[view]
         plane_affine = canonical.copy()

@@ -47,7 +47,8 @@ def load_model(config: MMDMConfig, weights: dict[str, torch.Tensor], device: tor
         model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     except RuntimeError as exc:
         raise InputError(
-            "the weights do not fit the mmdm configuration in the manifest", "re-import the checkpoint with its own config"
+            "the weights do not fit the mmdm configuration in the manifest",
+            "re-import the checkpoint with its own config",
         ) from exc
     return model.to(device).eval()
 
@@ -71,7 +72,13 @@ def synthesize(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     out = synthesize_volume(
-        model, config, inputs, prep.model_brain_mask, sampler=build_sampler(config, sampler, steps),
-        generator=generator, device=device, progress=progress,
+        model,
+        config,
+        inputs,
+        prep.model_brain_mask,
+        sampler=build_sampler(config, sampler, steps),
+        generator=generator,
+        device=device,
+        progress=progress,
     )
     return {targets[0]: out}

@@ -114,11 +114,20 @@ class MMDMConfig:
             (self.variant != "mmdm" or len(inputs) >= 2, "variant mmdm needs at least two inputs to fuse"),
             (self.slices >= 1, "slices must be >= 1"),
             (1 <= self.window_stride <= self.slices, "window_stride must be in [1, slices]"),
-            (len(self.blocks) == len(self.channels) == len(self.heads), "channels, blocks, heads need one entry per level"),
-            (all(c % h == 0 for c, h in zip(self.channels, self.heads)), "every channel count must divide by its heads"),
+            (
+                len(self.blocks) == len(self.channels) == len(self.heads),
+                "channels, blocks, heads need one entry per level",
+            ),
+            (
+                all(c % h == 0 for c, h in zip(self.channels, self.heads, strict=False)),
+                "every channel count must divide by its heads",
+            ),
             (len(self.fusion_blocks) == len(self.fusion_channels) >= 1, "fusion_channels and fusion_blocks differ"),
             (all(n % factor == 0 for n in self.model_shape[:2]), f"model_shape in-plane sizes must divide by {factor}"),
-            (len(self.model_shape) == 3 and self.model_shape[2] >= self.slices, "model_shape needs >= slices axial slices"),
+            (
+                len(self.model_shape) == 3 and self.model_shape[2] >= self.slices,
+                "model_shape needs >= slices axial slices",
+            ),
             (self.mip_temperature > 0, "mip_temperature must be > 0"),
             (self.gumbel_scale >= 0, "gumbel_scale must be >= 0"),
             (0.0 <= self.eta <= 1.0, "eta must be in [0, 1]"),

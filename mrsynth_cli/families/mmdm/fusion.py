@@ -31,7 +31,12 @@ class DynamicFusion(nn.Module):
     """
 
     def __init__(
-        self, slices: int, paths: int, channels: tuple[int, ...], blocks: tuple[int, ...], ffn_expansion: float,
+        self,
+        slices: int,
+        paths: int,
+        channels: tuple[int, ...],
+        blocks: tuple[int, ...],
+        ffn_expansion: float,
         time_channels: int,
     ) -> None:
         super().__init__()

@@ -23,8 +23,15 @@ from mrsynth_cli.io.contrasts import Contrast
 from mrsynth_cli.sampling import sample
 from mrsynth_cli.sampling.bridge import BridgeSchedule, BrownianBridgeSampler
 
-__all__ = ["bridge_schedule", "build_sampler", "to_bridge", "from_bridge", "brain_window_starts", "synthesize_windows",
-           "synthesize_volume"]
+__all__ = [
+    "bridge_schedule",
+    "build_sampler",
+    "to_bridge",
+    "from_bridge",
+    "brain_window_starts",
+    "synthesize_windows",
+    "synthesize_volume",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,10 @@ def build_sampler(config: MMDMConfig, name: str | None = None, steps: int | None
     if name not in (None, "auto", *SAMPLERS):
         raise InputError(f"mmdm models sample with the Brownian bridge, not '{name}'", "use --sampler bridge (or auto)")
     return BrownianBridgeSampler(
-        bridge_schedule(config), objective="x0", eta=config.eta, clip_range=(-1.0, 1.0),
+        bridge_schedule(config),
+        objective="x0",
+        eta=config.eta,
+        clip_range=(-1.0, 1.0),
         num_inference_steps=steps or config.sampling_steps,
     )
 
@@ -57,13 +67,19 @@ def brain_window_starts(config: MMDMConfig, brain_mask: np.ndarray) -> list[int]
     has_brain = np.flatnonzero(brain_mask.reshape(-1, brain_mask.shape[2]).any(0))
     if has_brain.size == 0:
         raise InputError("the brain mask is empty", "check the inputs (no brain was found)")
-    return window_starts(brain_mask.shape[2], config.slices, config.window_stride, int(has_brain[0]), int(has_brain[-1]))
+    return window_starts(
+        brain_mask.shape[2], config.slices, config.window_stride, int(has_brain[0]), int(has_brain[-1])
+    )
 
 
 @torch.no_grad()
 def synthesize_windows(
-    model, config: MMDMConfig, sources: dict[Contrast, torch.Tensor], sampler: BrownianBridgeSampler,
-    generator: torch.Generator, progress: bool = False,
+    model,
+    config: MMDMConfig,
+    sources: dict[Contrast, torch.Tensor],
+    sampler: BrownianBridgeSampler,
+    generator: torch.Generator,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Sample x_0 for a batch of windows.
 
@@ -132,7 +148,8 @@ def synthesize_volume(
     if config.variant == "mmdm" and len(available) < len(config.path_contrasts):
         log.warning(
             "mmdm: %s missing; x_0 is the mean of the %s path(s), without the cross-modal fusion",
-            ", ".join(str(c) for c in config.path_contrasts if c not in inputs), ", ".join(map(str, available)),
+            ", ".join(str(c) for c in config.path_contrasts if c not in inputs),
+            ", ".join(map(str, available)),
         )
     sampler = sampler or build_sampler(config)
     model.eval()
@@ -142,7 +159,8 @@ def synthesize_volume(
     def predict(chunk: list[int]) -> np.ndarray:
         def run(items: list[int]) -> list[np.ndarray]:
             sources = {
-                c: to_bridge(torch.from_numpy(extract_windows(inputs[c], items, config.slices))).to(device) for c in used
+                c: to_bridge(torch.from_numpy(extract_windows(inputs[c], items, config.slices))).to(device)
+                for c in used
             }
             x0 = synthesize_windows(model, config, sources, sampler, generator, progress)
             return list(from_bridge(x0).clamp(0.0, 1.0).float().cpu().numpy())

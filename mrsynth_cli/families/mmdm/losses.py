@@ -109,7 +109,9 @@ class NoiseAdaptiveWeighting(nn.Module):
         self.sigma_paths = nn.Parameter(torch.ones(paths))
         self.sigma_fused = nn.Parameter(torch.ones(())) if fused else None
 
-    def forward(self, fused_loss: Tensor | None, path_losses: Tensor, delta: Tensor, *, adaptive: bool = True) -> Tensor:
+    def forward(
+        self, fused_loss: Tensor | None, path_losses: Tensor, delta: Tensor, *, adaptive: bool = True
+    ) -> Tensor:
         """The total loss.
 
         Args:

@@ -93,7 +93,8 @@ class RestormerUNet(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.embed = conv(in_channels, channels[0], kernel_size=3, padding=1)
         self.down_levels = nn.ModuleList(
-            _Level(spatial_dims, c, b, h, ffn_expansion, time_channels) for c, b, h in zip(channels, blocks, heads)
+            _Level(spatial_dims, c, b, h, ffn_expansion, time_channels)
+            for c, b, h in zip(channels, blocks, heads, strict=True)
         )
         self.downsample = nn.ModuleList(
             conv(channels[i], channels[i + 1], kernel_size=3, stride=2, padding=1) for i in range(len(channels) - 1)
@@ -143,15 +144,27 @@ class MMDMModel(nn.Module):
         self.paths = nn.ModuleDict(
             {
                 c.value: RestormerUNet(
-                    2, s * (1 + len(conditions[c])), s, config.channels, config.blocks, config.heads,
-                    config.ffn_expansion, config.time_channels,
+                    2,
+                    s * (1 + len(conditions[c])),
+                    s,
+                    config.channels,
+                    config.blocks,
+                    config.heads,
+                    config.ffn_expansion,
+                    config.time_channels,
                 )
                 for c in config.path_contrasts
             }
         )
         self.fusion = (
-            DynamicFusion(s, len(config.path_contrasts), config.fusion_channels, config.fusion_blocks,
-                          config.ffn_expansion, config.time_channels)
+            DynamicFusion(
+                s,
+                len(config.path_contrasts),
+                config.fusion_channels,
+                config.fusion_blocks,
+                config.ffn_expansion,
+                config.time_channels,
+            )
             if config.variant == "mmdm"
             else None
         )

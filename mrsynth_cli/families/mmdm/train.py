@@ -23,7 +23,13 @@ from torch import Tensor
 
 from mrsynth_cli.errors import InputError
 from mrsynth_cli.families.mmdm.config import MMDMConfig
-from mrsynth_cli.families.mmdm.inference import bridge_schedule, build_sampler, from_bridge, synthesize_windows, to_bridge
+from mrsynth_cli.families.mmdm.inference import (
+    bridge_schedule,
+    build_sampler,
+    from_bridge,
+    synthesize_windows,
+    to_bridge,
+)
 from mrsynth_cli.families.mmdm.losses import hybrid_loss
 from mrsynth_cli.families.mmdm.network import MMDMModel
 from mrsynth_cli.families.mmdm.windows import extract_windows, training_window_start
@@ -79,8 +85,12 @@ def make_loss(config: MMDMConfig):
             noise = torch.randn(x0.shape, generator=generator).to(device)
             states[c] = schedule.q_sample(x0, sources[c], t, noise)
         fused, independent = network(states, t.to(device), sources)
-        options = {"use_mip": config.mip_loss, "temperature": config.mip_temperature, "generator": generator,
-                   "gumbel_scale": config.gumbel_scale}
+        options = {
+            "use_mip": config.mip_loss,
+            "temperature": config.mip_temperature,
+            "generator": generator,
+            "gumbel_scale": config.gumbel_scale,
+        }
         path_losses = torch.stack([hybrid_loss(independent[c], x0, **options) for c in paths], dim=1)
         fused_loss = hybrid_loss(fused, x0, **options) if module.fusion is not None else None
         delta = schedule.variance_t[t].to(device=device, dtype=x0.dtype)  # each sample's own delta_t
@@ -140,12 +150,19 @@ def train_mmdm(
     required = [config.target_contrast, *config.input_contrasts]
     with ctx.main_first():
         subjects = load_training_subjects(
-            data, required, required=required, spacing_mm=config.spacing_mm, model_shape=config.model_shape,
+            data,
+            required,
+            required=required,
+            spacing_mm=config.spacing_mm,
+            model_shape=config.model_shape,
             cache_dir=cache_dir,
         )
     train_subjects, val_subjects = split_validation(subjects, validation_subjects)
-    log.info("mmdm: training on %s; validating on %s",
-             [s.subject_id for s in train_subjects], [s.subject_id for s in val_subjects])
+    log.info(
+        "mmdm: training on %s; validating on %s",
+        [s.subject_id for s in train_subjects],
+        [s.subject_id for s in val_subjects],
+    )
     torch.manual_seed(settings.seed)  # network initialisation only; data and noise use passed generators
     model = MMDMModel(config)
     validate = (lambda net: validation_metrics(net, config, val_subjects, ctx.device)) if val_subjects else None
