@@ -274,7 +274,7 @@ def ship(run: Path) -> None:
     )
     manifest = REPO / "weights_manifest.toml"
     text = manifest.read_text()
-    marker = "\n[[model]]\nname = \"mmdm-tof\""
+    marker = '\n[[model]]\nname = "mmdm-tof"'
     if marker in text:  # replace our own entry: it is the last one, appended by this function
         text = text[: text.index(marker)] + "\n"
     manifest.write_text(text.rstrip("\n") + "\n\n" + tomli_w.dumps({"model": [entry]}))
@@ -288,7 +288,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="bridge steps for scoring")
     parser.add_argument("--speed-steps", type=int, nargs="*", default=[2, 5, 10])
     parser.add_argument("--ship", action="store_true", help="only package the MMDM run as mmdm-tof")
+    parser.add_argument("--subjects", nargs="*", default=HELD_OUT, help="held-out subjects to score")
     args = parser.parse_args()
+    args.mmdm_run = args.mmdm_run.resolve()
+    HELD_OUT[:] = args.subjects
     if args.ship:
         ship(args.mmdm_run)
         return
@@ -307,7 +310,7 @@ def main() -> None:
         "mmdm",
         {
             "data": "mrsynth phantom --subjects 10 --seed 7 --resolution 2; trained on sub-01..07, "
-            "scored on sub-08..10",
+            f"scored on {', '.join(HELD_OUT)}",
             "budget_steps": budget,
             "training": {
                 "mmdm": {
