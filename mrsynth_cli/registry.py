@@ -81,6 +81,14 @@ FAMILIES: dict[str, FamilySpec] = {
         stochastic=True,
         separate_parts=("vqgan", "spade"),
     ),
+    "mmdm": FamilySpec(
+        name="mmdm",
+        description="MMDM multi-path Brownian-bridge diffusion, 2.5D (T1/T2/FLAIR -> TOF-MRA, with MIPs)",
+        adapter="mrsynth_cli.families.mmdm.adapter",
+        mapping="many-to-one",
+        dims="2.5D",
+        stochastic=True,
+    ),
 }
 
 

@@ -46,6 +46,11 @@ def synthesize(
         bool, typer.Option("--qc", help="Also write a QC report per output: NAME_qc.png (montage of inputs, output "
                            "and uncertainty) and NAME_qc.html (self-contained page).")
     ] = False,
+    mip_dir: Annotated[
+        Path | None,
+        typer.Option("--mip-dir", help="Also write axial, coronal and sagittal maximum intensity projections of each "
+                     "output here, as NIfTI and PNG (for TOF-MRA)."),
+    ] = None,
     qc_dir: Annotated[
         Path | None,
         typer.Option("--qc-dir", help="Folder for the QC report (implies --qc; default: beside the output)."),
@@ -111,11 +116,35 @@ def synthesize(
             for output in output_paths(request, request.inputs[reference_contrast]).values():
                 for path in qc_paths(output, qc_dir):
                     check_writable(path, force=force)
+    if mip_dir is not None:  # refuse existing MIP files before any work, like the outputs themselves
+        from mrsynth_cli.io.atomic import check_writable
+        from mrsynth_cli.io.mip_files import mip_paths
+        from mrsynth_cli.pipeline import output_paths
+
+        reference_contrast = request.reference or next(iter(request.inputs))
+        if reference_contrast in request.inputs:
+            for output in output_paths(request, request.inputs[reference_contrast]).values():
+                for files in mip_paths(output, mip_dir).values():
+                    for path in files:
+                        check_writable(path, force=force)
     written = run(request)
     for contrast, path in written.items():
         typer.echo(f"wrote synthetic {contrast}: {path}")
     if qc:
         _write_qc(written, parsed, uncertainty, qc_dir, force)
+    if mip_dir is not None:
+        _write_mips(written, mip_dir, force)
+
+
+def _write_mips(written: dict, mip_dir: Path, force: bool) -> None:
+    """Three MIPs (NIfTI + PNG) per written output, from the file as written (its own grid)."""
+    from mrsynth_cli.io.mip_files import write_mip_files
+    from mrsynth_cli.io.volume import load_volume
+
+    for contrast, path in written.items():
+        volume = load_volume(path)
+        files = write_mip_files(volume.data, volume.affine, path, mip_dir, force=force)
+        typer.echo(f"wrote {contrast} MIPs: {', '.join(str(png) for _, png in files.values())}")
 
 
 def _acquisition_flags(tr: list[str] | None, te: list[str] | None, ti: list[str] | None) -> dict:

@@ -438,6 +438,71 @@ def train_aldm_cmd(
     typer.echo(follow[stage])
 
 
+@app.command("mmdm")
+@boundary
+def train_mmdm_cmd(
+    data: DataOpt,
+    out: OutOpt,
+    target: Annotated[str, typer.Option("--target", help="Contrast to synthesize (the paper: TOF).")] = "TOF",
+    inputs: Annotated[
+        list[str] | None, typer.Option("--inputs", help="Source contrasts, one bridge each (default: T1 T2 FLAIR).")
+    ] = None,
+    config: Annotated[str, typer.Option("--config", help="mmdm preset (cpu, paper) or a .toml file of the same layout.")] = "cpu",
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", help="mmdm (multi-path + fusion), bbdm (one bridge, one input) or concat "
+                     "(one bridge from the first input, all inputs concatenated as condition); default: preset."),
+    ] = None,
+    max_steps: PresetStepsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Windows per step (default: preset).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default: preset).")] = None,
+    no_mip_loss: Annotated[bool, typer.Option("--no-mip-loss", help="MSE only (ablation of eqs. 5-7).")] = False,
+    no_naws: Annotated[
+        bool, typer.Option("--no-naws", help="Plain sum of the losses (ablation of eqs. 8-11).")
+    ] = False,
+    validation_subject: ValidateOpt = None,
+    checkpoint_every: PresetCheckpointOpt = None,
+    validate_every: PresetValidateOpt = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="none or flip (default: preset).")] = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train MMDM (multi-path Brownian-bridge diffusion, 2.5D) for TOF-MRA from T1/T2/FLAIR.
+
+    Every subject with the target and every input is used, except --validation-subject ones.
+    Import the result with: mrsynth weights import OUT/checkpoint --name NAME
+    """
+    from mrsynth_cli.families.mmdm.config import MMDMConfig, load_preset
+    from mrsynth_cli.families.mmdm.train import train_mmdm
+    from mrsynth_cli.io.contrasts import Contrast, parse_contrast
+    from mrsynth_cli.paths import cache_dir
+
+    preset = load_preset(config)
+    target_c = parse_contrast(target)
+    input_cs = [parse_contrast(c) for c in inputs] if inputs else [Contrast.T1, Contrast.T2, Contrast.FLAIR]
+    model = dict(preset.model)
+    for key, value in (("variant", variant), ("batch_size", batch_size)):
+        if value is not None:
+            model[key] = value
+    if no_mip_loss:
+        model["mip_loss"] = False
+    if no_naws:
+        model["noise_adaptive"] = False
+    model_config = MMDMConfig(target=target_c.value, inputs=tuple(c.value for c in input_cs), **model)
+    settings = _loop_settings(
+        preset.training, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, seed=seed, device=device,
+        checkpoint_every=checkpoint_every, validate_every=validate_every, augment=augment,
+    )
+    ckpt, summary = train_mmdm(
+        data, model_config, out, settings, validation_subjects=validation_subject, resume=resume,
+        progress=sys.stderr.isatty(), cache_dir=cache_dir(),
+    )
+    typer.echo(f"trained on {', '.join(summary['train_subjects'])}; checkpoint: {ckpt}")
+    typer.echo(f"import it with: mrsynth weights import {ckpt} --name my-mmdm-{target_c.value.lower()}")
+
+
 def _int_list(text: str, option: str, example: str, length: int | None = None) -> tuple[int, ...]:
     from mrsynth_cli.errors import InputError
 

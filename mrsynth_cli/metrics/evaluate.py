@@ -5,8 +5,8 @@ Both volumes must be on one grid. They are normalised with the one scoring norma
 from the reference), then scored with PSNR, 3D SSIM, mean axial 2D SSIM, NMSE and MAE over the mask
 voxels, and with FSIM and GMSD over the axial slices with at least 1 % mask voxels (cropped to the
 mask's bounding box). For TOF-MRA the axial, coronal and sagittal maximum intensity projections of
-the normalised volumes (voxels outside the mask set to 0) are also scored with PSNR and 2D SSIM over
-the projected mask.
+the normalised volumes (voxels outside the mask set to 0) are also scored with PSNR, 2D SSIM and
+RMSE (MMDM's Table 1 columns) over the projected mask.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mrsynth_cli.io.contrasts import Contrast, contrast_from_filename
 from mrsynth_cli.io.volume import Volume, check_same_grid, load_volume
 from mrsynth_cli.metrics.fsim import fsim_axial
 from mrsynth_cli.metrics.gmsd import gmsd_axial
-from mrsynth_cli.metrics.image import mae, nmse, psnr, ssim, ssim2d_axial, ssim3d
+from mrsynth_cli.metrics.image import mae, nmse, psnr, rmse, ssim, ssim2d_axial, ssim3d
 from mrsynth_cli.metrics.mip import axial_axis, maximum_intensity_projections
 from mrsynth_cli.metrics.normalise import SCORING_NORMALISATION, auto_brain_mask, robust_scale
 
@@ -62,7 +62,7 @@ def evaluate_volumes(pred: Volume, ref: Volume, mask: Volume | None = None, tof:
     Returns:
         ``{"pred", "ref", "mask", "normalisation", "mask_voxels", "metrics": {"psnr", "ssim3d",
         "ssim2d_axial", "nmse", "mae", "fsim", "gmsd"}}`` plus, when ``tof``, ``"mip": {"axial":
-        {"psnr", "ssim"}, "coronal": {...}, "sagittal": {...}}``; every number is a plain Python
+        {"psnr", "ssim", "rmse"}, "coronal": {...}, "sagittal": {...}}``; every number is a plain Python
         float (PSNR is ``inf`` for identical volumes).
 
     Raises:
@@ -102,6 +102,7 @@ def evaluate_volumes(pred: Volume, ref: Volume, mask: Volume | None = None, tof:
             name: {
                 "psnr": float(psnr(mip_pred[name], mip_ref[name], mip_mask[name])),
                 "ssim": float(ssim(mip_pred[name], mip_ref[name], mip_mask[name])),
+                "rmse": float(rmse(mip_pred[name], mip_ref[name], mip_mask[name])),
             }
             for name in mip_ref
         }

@@ -23,6 +23,7 @@ __all__ = [
     "SSIM_K2",
     "psnr",
     "nmse",
+    "rmse",
     "mae",
     "ssim_map",
     "ssim",
@@ -65,6 +66,12 @@ def psnr(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> f
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(DATA_RANGE**2 / mse)
+
+
+def rmse(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Root mean squared error over the mask voxels (MMDM's Table 1 reports it in % of the range)."""
+    pred, ref, mask = _prepare(pred, ref, mask)
+    return math.sqrt(float(np.mean((pred[mask] - ref[mask]) ** 2)))
 
 
 def nmse(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
