@@ -34,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import REPO, run_measured, write_result  # noqa: E402
 
+sys.path.insert(0, str(REPO))  # this checkout's mrsynth_cli, also for the child processes (PYTHONPATH below)
+
 MRSYNTH = [sys.executable, "-m", "mrsynth_cli"]
 
 
