@@ -66,6 +66,20 @@ class DistillSettings:
         )
 
 
+def check_plan(source_config: dict[str, Any], settings: DistillSettings) -> list[RoundPlan]:
+    """The rounds for a teacher config, checked before any data is loaded (same rules as the run)."""
+    from mrsynth_cli.distill.record import student_record
+
+    origin = student_record(source_config)
+    from_steps = settings.from_steps or (origin.steps if origin else 64)
+    if origin is not None and from_steps != origin.steps:
+        raise InputError(
+            f"the teacher is a {origin.steps}-step student, not a {from_steps}-step one",
+            f"drop --from-steps (or give --from-steps {origin.steps})",
+        )
+    return plan_rounds(int(source_config.get("num_train_timesteps", 1000)), from_steps, settings.to_steps)
+
+
 def round_folder(out_dir: Path, index: int, plan: RoundPlan) -> Path:
     return Path(out_dir) / f"round-{index + 1}-{plan.student_steps}steps"
 
