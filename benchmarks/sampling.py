@@ -115,7 +115,8 @@ def benchmark(teacher: Path, students: list[Path], cases: list[Path], target: st
 
 
 def markdown(result: dict) -> str:
-    lines = [f"| {result['family']} -> {result['target']} | NFE/slice | s/volume (2 threads) | peak RSS GiB | PSNR | SSIM |",
+    head = f"| {result['family']} -> {result['target']} |"
+    lines = [head + " NFE/slice | s/volume (2 threads) | peak RSS GiB | PSNR | SSIM |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, row in result["rows"].items():
         if "status" in row:

@@ -96,15 +96,17 @@ def test_target_makes_one_student_step_equal_two_teacher_ddim_steps() -> None:
 
 
 def test_distilled_sampler_makes_exactly_n_network_evaluations() -> None:
+    calls: list[int] = []
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
     for n in (1, 2, 4, 8):
-        calls = []
-
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            calls.append(int(t[0]))
-            return torch.zeros_like(x)
-
+        calls.clear()
         sampler = DistilledSampler(SCHEDULE, grid=student_grid(1000, n))
-        out = sample(denoise, sampler, torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(0)), generator=None)
+        x_T = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+        out = sample(denoise, sampler, x_T, generator=None)
         assert calls == student_grid(1000, n) and torch.isfinite(out).all()
     with pytest.raises(SamplerConfigError, match="exactly 4 steps"):
         DistilledSampler(SCHEDULE, grid=student_grid(1000, 4), num_inference_steps=10)
@@ -174,8 +176,8 @@ def flow(tmp_path_factory) -> dict:
     assert ae.exit_code == 0, ae.output
     cola = invoke("train", "cola-diff", "--data", str(data), "--target", "flair", "--inputs", "t1", "t2",
                   "--autoencoder", str(root / "ae" / "checkpoint"), "--out", str(root / "teacher"), "--config",
-                  str(config), "--ablate", "guidance", "--max-steps", "30", "--validate-every", "100", "--device", "cpu",
-                  env=env)
+                  str(config), "--ablate", "guidance", "--max-steps", "30", "--validate-every", "100",
+                  "--device", "cpu", env=env)
     assert cola.exit_code == 0, cola.output
     common = ["train", "distill", "--teacher", str(root / "teacher" / "checkpoint"), "--data", str(data),
               "--out", str(root / "d"), "--from-steps", "4", "--to-steps", "2", "--lr", "3e-3", "--ema", "0.5",
@@ -275,7 +277,8 @@ def test_import_and_sampler_selection(flow, tmp_path: Path) -> None:
     wrong = invoke("synthesize", *inputs, "--out", str(tmp_path / "w.nii.gz"), "--model", "tiny-student-2",
                    "--sampler", "fast", env=env)
     assert wrong.exit_code == 2 and "distilled student" in wrong.output
-    missing = invoke("synthesize", *inputs, "--out", str(tmp_path / "m.nii.gz"), "--sampler", "distilled", env=lonely_env)
+    missing = invoke("synthesize", *inputs, "--out", str(tmp_path / "m.nii.gz"), "--sampler", "distilled",
+                     env=lonely_env)
     assert missing.exit_code == 2 and "has no distilled student" in missing.output
     assert len(missing.output.strip().splitlines()) <= 2 and not (tmp_path / "m.nii.gz").exists()
     lonely = run(tmp_path / "lonely.nii.gz", e=lonely_env)  # auto without a student: the teacher's DDIM

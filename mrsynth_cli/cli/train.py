@@ -313,14 +313,18 @@ def train_distill_cmd(
     minutes_per_round: Annotated[
         float | None, typer.Option("--minutes-per-round", help="Stop each round after this many minutes.")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch (default: the teacher's).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Batch (default: the teacher's).")
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
     ema: Annotated[float, typer.Option("--ema", help="EMA decay of each round's student.")] = 0.995,
     weighting: Annotated[
         str, typer.Option("--weighting", help="Loss weighting: truncated-snr (max(SNR, 1)) or snr+1.")
     ] = "truncated-snr",
     validation_subject: ValidateOpt = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = 100,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")
+    ] = 100,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same options).")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -342,7 +346,9 @@ def train_distill_cmd(
     from mrsynth_cli.paths import weights_dir as default_weights_dir
 
     if (model is None) == (teacher is None):
-        raise InputError("give the teacher as exactly one of --model NAME or --teacher CHECKPOINT", "e.g. --model cola-diff-flair")
+        raise InputError(
+            "give the teacher as exactly one of --model NAME or --teacher CHECKPOINT", "e.g. --model cola-diff-flair"
+        )
     settings = DistillSettings(
         to_steps=to_steps, from_steps=from_steps, steps_per_round=steps_per_round,
         minutes_per_round=minutes_per_round, learning_rate=lr, ema_decay=ema, weighting=weighting,
@@ -354,11 +360,13 @@ def train_distill_cmd(
         source = teacher_from_manifest(model, Path(weights_dir) if weights_dir else default_weights_dir())
     check_plan(source.config, settings)  # a bad step plan fails before the data is loaded
     task = distillation_task_for(
-        source, data, device=device, validation_subjects=validation_subject, cache_dir=cache_dir(), batch_size=batch_size,
+        source, data, device=device, validation_subjects=validation_subject, cache_dir=cache_dir(),
+        batch_size=batch_size,
     )
     ckpt, summary = progressive_distill(task, out, settings, resume=resume, progress=sys.stderr.isatty())
     for entry in summary["rounds"]:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in entry["validation"].items())
         typer.echo(f"round {entry['round']}: {entry['steps']} steps" + (f" (validation {scores})" if scores else ""))
     typer.echo(f"student: {ckpt}")
-    typer.echo(f"import it with: mrsynth weights import {ckpt} --name {source.name if model else 'my-model'}-distilled-{to_steps}")
+    name = f"{source.name if model else 'my-model'}-distilled-{to_steps}"
+    typer.echo(f"import it with: mrsynth weights import {ckpt} --name {name}")

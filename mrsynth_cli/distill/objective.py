@@ -115,7 +115,7 @@ def _roots(schedule: NoiseSchedule, t: Tensor, like: Tensor, zero_first: bool = 
 
 
 def draw_round_batch(plan: RoundPlan, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Per sample: the student's timestep ``t = s_k`` (k uniform), the teacher's midpoint ``t'`` and ``t'' = s_{k+1}``."""
+    """Per sample: the student's timestep ``t = s_k`` (k uniform), the teacher's midpoint ``t'``, ``t'' = s_{k+1}``."""
     k = torch.randint(0, plan.student_steps, (batch,), generator=generator)
     teacher = torch.tensor(list(plan.teacher_grid) + [-1])
     student = torch.tensor(list(plan.student_grid) + [-1])

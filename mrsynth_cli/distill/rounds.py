@@ -141,7 +141,9 @@ def progressive_distill(
     plans = plan_rounds(T, from_steps, settings.to_steps)
     latest = _latest_round(out_dir, len(plans), plans)
     if latest >= 0 and not resume:
-        raise InputError(f"{out_dir} already holds a distillation run", "pass --resume to continue it, or choose a new --out")
+        raise InputError(
+            f"{out_dir} already holds a distillation run", "pass --resume to continue it, or choose a new --out"
+        )
     if latest < 0 and resume:
         raise InputError(f"cannot resume: {out_dir} holds no distillation round", "start without --resume")
     device = resolve_device(settings.device)

@@ -69,7 +69,8 @@ def pick_students(
             if student is None:
                 have = ", ".join(f"{s.name} ({student_record(s.config).steps} steps)" for s in students)
                 raise InputError(
-                    f"model {entry.name} has no distilled student" + (f" with {steps} steps (has {have})" if have else ""),
+                    f"model {entry.name} has no distilled student"
+                    + (f" with {steps} steps (has {have})" if have else ""),
                     f"train one: mrsynth train distill --model {entry.name} --to-steps 4, then mrsynth weights import",
                 )
             out[target], samplers[student.name] = student, "distilled"

@@ -40,7 +40,9 @@ from torch import Tensor
 from mrsynth_cli.distill.record import DistillationRecord
 from mrsynth_cli.sampling.schedule import NoiseSchedule
 
-__all__ = ["TeacherSource", "DistillationTask", "teacher_from_checkpoint", "teacher_from_manifest", "distillation_task_for"]
+__all__ = [
+    "TeacherSource", "DistillationTask", "teacher_from_checkpoint", "teacher_from_manifest", "distillation_task_for",
+]
 
 
 @dataclass(frozen=True)
