@@ -339,7 +339,7 @@ def train_distill_cmd(
     with: mrsynth weights import OUT/checkpoint --name NAME; synthesize then uses it for
     --sampler distilled, and for --sampler auto on the CPU.
     """
-    from mrsynth_cli.distill.rounds import DistillSettings, check_plan, progressive_distill
+    from mrsynth_cli.distill.rounds import DistillSettings, check_out_dir, check_plan, progressive_distill
     from mrsynth_cli.distill.task import distillation_task_for, teacher_from_checkpoint, teacher_from_manifest
     from mrsynth_cli.errors import InputError
     from mrsynth_cli.paths import cache_dir
@@ -358,7 +358,7 @@ def train_distill_cmd(
         source = teacher_from_checkpoint(teacher)
     else:
         source = teacher_from_manifest(model, Path(weights_dir) if weights_dir else default_weights_dir())
-    check_plan(source.config, settings)  # a bad step plan fails before the data is loaded
+    check_out_dir(out, check_plan(source.config, settings), resume)  # fail before the data is loaded
     task = distillation_task_for(
         source, data, device=device, validation_subjects=validation_subject, cache_dir=cache_dir(),
         batch_size=batch_size,

@@ -80,6 +80,22 @@ def check_plan(source_config: dict[str, Any], settings: DistillSettings) -> list
     return plan_rounds(int(source_config.get("num_train_timesteps", 1000)), from_steps, settings.to_steps)
 
 
+def check_out_dir(out_dir: Path, plans: list[RoundPlan], resume: bool) -> int:
+    """The index of the latest round with a checkpoint (-1: none), after checking it against ``--resume``.
+
+    Raises:
+        InputError: a run exists without ``--resume``, or ``--resume`` finds none.
+    """
+    latest = _latest_round(Path(out_dir), len(plans), plans)
+    if latest >= 0 and not resume:
+        raise InputError(
+            f"{out_dir} already holds a distillation run", "pass --resume to continue it, or choose a new --out"
+        )
+    if latest < 0 and resume:
+        raise InputError(f"cannot resume: {out_dir} holds no distillation round", "start without --resume")
+    return latest
+
+
 def round_folder(out_dir: Path, index: int, plan: RoundPlan) -> Path:
     return Path(out_dir) / f"round-{index + 1}-{plan.student_steps}steps"
 
@@ -139,13 +155,7 @@ def progressive_distill(
         )
     T = task.schedule.num_train_timesteps
     plans = plan_rounds(T, from_steps, settings.to_steps)
-    latest = _latest_round(out_dir, len(plans), plans)
-    if latest >= 0 and not resume:
-        raise InputError(
-            f"{out_dir} already holds a distillation run", "pass --resume to continue it, or choose a new --out"
-        )
-    if latest < 0 and resume:
-        raise InputError(f"cannot resume: {out_dir} holds no distillation round", "start without --resume")
+    latest = check_out_dir(out_dir, plans, resume)
     device = resolve_device(settings.device)
     teacher_state = task.teacher_weights
     teacher_prediction = "v_prediction" if origin else task.teacher_prediction
