@@ -56,7 +56,8 @@ def _run(args: list[str], home: Path) -> dict:
 
 
 def benchmark(teacher: Path, students: list[Path], cases: list[Path], target: str, ddpm_steps: int,
-              only: set[str] | None, home: Path) -> dict:
+              only: list[str] | None, home: Path, save=None) -> dict:
+    """Every setting (``only``: these, in this order) on every case; ``save(result)`` after each row."""
     from mrsynth_cli.distill.record import student_record
     from mrsynth_cli.io.contrasts import parse_contrast
     from mrsynth_cli.io.subjects import subject_from_folder
@@ -78,12 +79,19 @@ def benchmark(teacher: Path, students: list[Path], cases: list[Path], target: st
         student_steps.append(record.steps)
     target_c = parse_contrast(target)
     rows: dict[str, dict] = {}
-    for name, options in settings(ddpm_steps).items():
-        if only and name not in only:
-            continue
+    table = settings(ddpm_steps)
+    unknown = [n for n in only or [] if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; choose among {list(table)}")
+    result = {"family": family, "teacher": str(teacher), "students": [str(s) for s in students], "target": target,
+              "cases": [str(c) for c in cases], "ddpm_steps": ddpm_steps, "rows": rows}
+    for name in only or list(table):
+        options = table[name]
         if name.startswith("distilled") and int(options[-1]) not in student_steps:
             rows[name] = {"status": f"no {options[-1]}-step student given (--student)"}
             print(name, rows[name], flush=True)
+            if save:
+                save(result)
             continue
         per_case = []
         for case in cases:
@@ -110,8 +118,9 @@ def benchmark(teacher: Path, students: list[Path], cases: list[Path], target: st
             "cases": per_case,
         }
         print(name, {k: v for k, v in rows[name].items() if k != "cases"}, flush=True)
-    return {"family": family, "teacher": str(teacher), "students": [str(s) for s in students], "target": target,
-            "cases": [str(c) for c in cases], "ddpm_steps": ddpm_steps, "rows": rows}
+        if save:
+            save(result)
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -134,13 +143,17 @@ def main() -> None:
     parser.add_argument("--case", type=Path, action="append", required=True, help="held-out subject folder(s)")
     parser.add_argument("--target", default="flair")
     parser.add_argument("--ddpm-steps", type=int, default=250)
-    parser.add_argument("--only", default="", help="comma list of settings to run (default: all)")
+    parser.add_argument("--only", default="", help="comma list of settings to run, in this order (default: all)")
     parser.add_argument("--name", default="sampling", help="results file name")
     args = parser.parse_args()
-    only = {s for s in args.only.split(",") if s} or None
+    only = [s for s in args.only.split(",") if s] or None
+
+    def save(result: dict) -> Path:  # after every row, so an interrupted run keeps what it measured
+        return write_result(args.name, {"threads": 2, "seed": 0, **result})
+
     with tempfile.TemporaryDirectory() as tmp:
-        result = benchmark(args.teacher, args.student, args.case, args.target, args.ddpm_steps, only, Path(tmp))
-    print(write_result(args.name, {"threads": 2, "seed": 0, **result}))
+        result = benchmark(args.teacher, args.student, args.case, args.target, args.ddpm_steps, only, Path(tmp), save)
+    print(save(result))
     print(markdown(result))
 
 
