@@ -93,6 +93,7 @@ def synthesize(
     import torch
 
     from mrsynth_cli.devices import is_out_of_memory, resolve_device
+    from mrsynth_cli.distill.select import pick_students, routable
     from mrsynth_cli.paths import weights_dir as default_weights_dir
     from mrsynth_cli.preprocessing.run import PreprocessOptions, preprocess
     from mrsynth_cli.registry import get_family, load_adapter
@@ -119,9 +120,11 @@ def synthesize(
 
     weights_root = Path(request.weights_dir) if request.weights_dir else default_weights_dir()
     entries = all_entries(weights_root)
-    chosen = choose_models(entries, set(request.inputs), request.targets, model=request.model,
-                           physics=bool(request.acquisition))  # TR/TE given: prefer a physics-based model
+    chosen = choose_models(routable(entries, request.model), set(request.inputs), request.targets,
+                           model=request.model, physics=bool(request.acquisition))  # TR/TE given: prefer a physics-based model
     device = resolve_device(request.device)
+    # --sampler auto/distilled may swap a teacher for its distilled student (mrsynth_cli.distill.select).
+    chosen, samplers = pick_students(entries, chosen, request.sampler, request.steps, device.type)
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
     fallback_from: str | None = None
@@ -169,7 +172,7 @@ def synthesize(
         for _ in range(request.samples):
             try:
                 draws.append(adapter.synthesize(
-                    model, config, prep, targets, sampler=request.sampler, steps=request.steps,
+                    model, config, prep, targets, sampler=samplers[name], steps=request.steps,
                     generator=generator, device=device, progress=request.progress, **extra_kwargs,
                 ))
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
@@ -181,13 +184,13 @@ def synthesize(
                 device = torch.device("cpu")
                 model = adapter.load_model(config, weights, device)
                 draws.append(adapter.synthesize(
-                    model, config, prep, targets, sampler=request.sampler, steps=request.steps,
+                    model, config, prep, targets, sampler=samplers[name], steps=request.steps,
                     generator=generator, device=device, progress=request.progress, **extra_kwargs,
                 ))
         for target in targets:
             stack = np.stack([d[target] for d in draws])
             results[target] = (stack, prep, entry)
-        sampler_used = request.sampler if spec.stochastic else "none (deterministic)"
+        sampler_used = samplers[name] if spec.stochastic else "none (deterministic)"
 
     for target, (stack, prep, entry) in results.items():
         mean = stack.mean(0)

@@ -629,7 +629,7 @@ def test_bridge_needs_its_source_and_gaussian_noise():
 
 
 def test_make_sampler_and_registry():
-    assert set(SAMPLERS) == {"ddpm", "ddim", "fast", "bridge"}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "fast", "bridge", "distilled"}
     ddim = make_sampler("ddim", NoiseSchedule(T), eta=0.3, num_inference_steps=10)
     assert isinstance(ddim, DDIMSampler) and ddim.eta == 0.3 and len(ddim.timesteps) == 10
     fast = make_sampler(
@@ -645,7 +645,7 @@ def test_make_sampler_and_registry():
         assert isinstance(s, Sampler)
     with pytest.raises(SamplerConfigError, match="did you mean 'ddim'"):
         make_sampler("DDIM", NoiseSchedule(T))
-    with pytest.raises(SamplerConfigError, match="did you mean 'fast'.*choices: ddpm, ddim, fast, bridge"):
+    with pytest.raises(SamplerConfigError, match="did you mean 'fast'.*choices: ddpm, ddim, fast, bridge, distilled"):
         make_sampler("fats", NoiseSchedule(T))
     with pytest.raises(SamplerConfigError, match="did you mean 'eta'"):
         make_sampler("ddim", NoiseSchedule(T), etta=0.5)

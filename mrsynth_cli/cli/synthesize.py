@@ -29,7 +29,7 @@ def synthesize(
     out: Annotated[Path | None, typer.Option("--out", help="Output .nii.gz (one target).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Output folder (one file per target).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Use this manifest model instead of the automatic choice.")] = None,
-    sampler: Annotated[str, typer.Option("--sampler", help="Sampler for diffusion models: auto, ddpm, ddim, fast, bridge.")] = "auto",
+    sampler: Annotated[str, typer.Option("--sampler", help="Sampler for diffusion models: auto (a distilled student on the CPU if one is installed, else the model's default), ddpm, ddim, fast, bridge, distilled.")] = "auto",
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (diffusion models).")] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Draws to average (diffusion models); see --uncertainty.")] = 1,
     uncertainty: Annotated[Path | None, typer.Option("--uncertainty", help="Write the voxel-wise std of the draws here.")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from mrsynth_cli.cli.boundary import boundary
-from mrsynth_cli.cli.options import DeviceOpt, SeedOpt
+from mrsynth_cli.cli.options import DeviceOpt, SeedOpt, WeightsDirOpt
 
 app = typer.Typer(
     help="Train a model family on subject folders (BIDS, BraTS or plain folders).", no_args_is_help=True,
@@ -513,3 +513,83 @@ def _int_list(text: str, option: str, example: str, length: int | None = None) -
     if length is not None and len(values) != length:
         raise InputError(f"{option} '{text}' is not {length} integers", f"e.g. {option} {example}")
     return values
+
+
+@app.command("distill")
+@boundary
+def train_distill_cmd(
+    data: DataOpt,
+    out: OutOpt,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Teacher: a model in the manifest (see mrsynth weights list).")
+    ] = None,
+    teacher: Annotated[
+        Path | None, typer.Option("--teacher", help="Teacher: a checkpoint folder written by mrsynth train.")
+    ] = None,
+    to_steps: Annotated[int, typer.Option("--to-steps", min=1, help="Sampling steps of the last student.")] = 4,
+    from_steps: Annotated[
+        int | None,
+        typer.Option("--from-steps", min=2, help="Teacher DDIM steps of the first round (default 64; a student "
+                     "teacher: its own steps). Must be --to-steps times a power of two."),
+    ] = None,
+    steps_per_round: Annotated[int, typer.Option("--steps-per-round", min=1, help="Optimiser steps per round.")] = 500,
+    minutes_per_round: Annotated[
+        float | None, typer.Option("--minutes-per-round", help="Stop each round after this many minutes.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Batch (default: the teacher's).")
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    ema: Annotated[float, typer.Option("--ema", help="EMA decay of each round's student.")] = 0.995,
+    weighting: Annotated[
+        str, typer.Option("--weighting", help="Loss weighting: truncated-snr (max(SNR, 1)) or snr+1.")
+    ] = "truncated-snr",
+    validation_subject: ValidateOpt = None,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")
+    ] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same options).")] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+) -> None:
+    """Progressive distillation (Salimans & Ho 2022) of a diffusion model into a few-step student.
+
+    Each round halves the step count (e.g. 64 -> 32 -> 16 -> 8 -> 4): the student starts from its
+    teacher's weights, predicts v, and learns to match two deterministic DDIM steps of the teacher in
+    one. Every round is checkpointed in OUT/round-R-Nsteps/ (--resume continues the latest); the last
+    student is also OUT/checkpoint. Its config records the teacher's sha256 and step count. Import it
+    with: mrsynth weights import OUT/checkpoint --name NAME; synthesize then uses it for
+    --sampler distilled, and for --sampler auto on the CPU.
+    """
+    from mrsynth_cli.distill.rounds import DistillSettings, check_out_dir, check_plan, progressive_distill
+    from mrsynth_cli.distill.task import distillation_task_for, teacher_from_checkpoint, teacher_from_manifest
+    from mrsynth_cli.errors import InputError
+    from mrsynth_cli.paths import cache_dir
+    from mrsynth_cli.paths import weights_dir as default_weights_dir
+
+    if (model is None) == (teacher is None):
+        raise InputError(
+            "give the teacher as exactly one of --model NAME or --teacher CHECKPOINT", "e.g. --model cola-diff-flair"
+        )
+    settings = DistillSettings(
+        to_steps=to_steps, from_steps=from_steps, steps_per_round=steps_per_round,
+        minutes_per_round=minutes_per_round, learning_rate=lr, ema_decay=ema, weighting=weighting,
+        checkpoint_every=checkpoint_every, seed=seed, device=device,
+    )
+    if teacher is not None:
+        source = teacher_from_checkpoint(teacher)
+    else:
+        source = teacher_from_manifest(model, Path(weights_dir) if weights_dir else default_weights_dir())
+    check_out_dir(out, check_plan(source.config, settings), resume)  # fail before the data is loaded
+    task = distillation_task_for(
+        source, data, device=device, validation_subjects=validation_subject, cache_dir=cache_dir(),
+        batch_size=batch_size,
+    )
+    ckpt, summary = progressive_distill(task, out, settings, resume=resume, progress=sys.stderr.isatty())
+    for entry in summary["rounds"]:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in entry["validation"].items())
+        typer.echo(f"round {entry['round']}: {entry['steps']} steps" + (f" (validation {scores})" if scores else ""))
+    typer.echo(f"student: {ckpt}")
+    name = f"{source.name if model else 'my-model'}-distilled-{to_steps}"
+    typer.echo(f"import it with: mrsynth weights import {ckpt} --name {name}")

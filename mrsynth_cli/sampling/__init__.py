@@ -5,9 +5,11 @@
 * ``"ddpm"``: :class:`~mrsynth_cli.sampling.ddpm.DDPMSampler` (ancestral, any respacing);
 * ``"ddim"``: :class:`~mrsynth_cli.sampling.ddim.DDIMSampler` (Song et al. 2021, ``eta``);
 * ``"fast"``: :class:`~mrsynth_cli.sampling.fast.FastSampler` (Kong & Ping 2021, STEP/VAR, ``kappa``);
-* ``"bridge"``: :class:`~mrsynth_cli.sampling.bridge.BrownianBridgeSampler` (BBDM/MMDM).
+* ``"bridge"``: :class:`~mrsynth_cli.sampling.bridge.BrownianBridgeSampler` (BBDM/MMDM);
+* ``"distilled"``: :class:`~mrsynth_cli.sampling.distilled.DistilledSampler` (a progressively distilled
+  student's own grid, v-prediction, deterministic).
 
-The first three take a :class:`NoiseSchedule`, the bridge a :class:`BridgeSchedule`.
+The first three and ``distilled`` take a :class:`NoiseSchedule`, the bridge a :class:`BridgeSchedule`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mrsynth_cli.sampling.base import BaseSampler, Sampler, SamplerConfigError, 
 from mrsynth_cli.sampling.bridge import BridgeSchedule, BrownianBridgeSampler
 from mrsynth_cli.sampling.ddim import DDIMSampler
 from mrsynth_cli.sampling.ddpm import DDPMSampler
+from mrsynth_cli.sampling.distilled import DistilledSampler
 from mrsynth_cli.sampling.fast import FastSampler
 from mrsynth_cli.sampling.loop import initial_noise, sample
 from mrsynth_cli.sampling.schedule import NoiseSchedule, respace
@@ -31,6 +34,7 @@ __all__ = [
     "BrownianBridgeSampler",
     "DDIMSampler",
     "DDPMSampler",
+    "DistilledSampler",
     "FastSampler",
     "NoiseSchedule",
     "Sampler",
@@ -48,6 +52,7 @@ SAMPLERS: dict[str, type[BaseSampler]] = {
     "ddim": DDIMSampler,
     "fast": FastSampler,
     "bridge": BrownianBridgeSampler,
+    "distilled": DistilledSampler,
 }
 
 

@@ -16,7 +16,7 @@ from mrsynth_cli.errors import InputError
 from mrsynth_cli.families.cola_diff.config import CoLaDiffConfig
 from mrsynth_cli.io.contrasts import Contrast
 
-__all__ = ["config_from_dict", "describe", "preprocess_options", "load_model", "synthesize"]
+__all__ = ["config_from_dict", "describe", "preprocess_options", "load_model", "synthesize", "distillation_task"]
 
 
 def config_from_dict(data: dict[str, Any]) -> CoLaDiffConfig:
@@ -96,3 +96,10 @@ def synthesize(
         progress=progress,
     )
     return {targets[0]: out}
+
+
+def distillation_task(source, data, **options):
+    """Optional contract function: the family's side of ``mrsynth train distill`` (see :mod:`mrsynth_cli.distill.task`)."""
+    from mrsynth_cli.families.cola_diff.distill import distillation_task as build
+
+    return build(source, data, **options)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mrsynth_cli.distill.record import DistillationRecord
 from mrsynth_cli.errors import InputError
 from mrsynth_cli.io.contrasts import Contrast, parse_contrast
 
@@ -50,7 +51,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "auto-weight": {"auto_weight": False},
     "filtering": {"filtering": False},
 }
-SAMPLERS = ("ddim", "fast", "ddpm")
+SAMPLERS = ("ddim", "fast", "ddpm", "distilled")
 
 
 def _strict(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
@@ -201,6 +202,9 @@ class CoLaDiffConfig:
         kl_weight: weight of the KL term relative to L_eps (1: improved DDPM's L_hybrid, see losses).
         sampler, sampling_steps, eta: default sampler (``ddim``, ``fast`` or ``ddpm``) and steps.
         validation_steps, validation_slices: DDIM steps and slices per subject for validation.
+        distillation: set only for a progressively distilled student (``mrsynth train distill``): its
+            teacher's sha256 and step count and its own grid; the network then predicts v, not eps,
+            in the same output channels, and samples only with ``sampler = "distilled"``.
     """
 
     target: str = "FLAIR"
@@ -244,10 +248,13 @@ class CoLaDiffConfig:
     eta: float = 0.0
     validation_steps: int = 10
     validation_slices: int = 16
+    distillation: DistillationRecord | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         _tuples(self)
+        if isinstance(self.distillation, dict):
+            object.__setattr__(self, "distillation", DistillationRecord.from_dict(self.distillation))
         if isinstance(self.autoencoder, dict):
             object.__setattr__(self, "autoencoder", AutoencoderConfig.from_dict(self.autoencoder))
         target = parse_contrast(self.target)
@@ -275,6 +282,10 @@ class CoLaDiffConfig:
                 f"guidance_maps {self.guidance_maps} outside {GUIDANCE_MAPS}",
             ),
             (self.sampler in SAMPLERS, f"sampler '{self.sampler}' is not one of {SAMPLERS}"),
+            (
+                (self.sampler == "distilled") == (self.distillation is not None),
+                "sampler 'distilled' goes with a distillation record, and only with one",
+            ),
             (0.0 <= self.input_dropout < 1.0, "input_dropout must be in [0, 1)"),
             (
                 all(d >= 1 and (d & (d - 1)) == 0 for d in self.attention_downsample),
@@ -320,7 +331,10 @@ class CoLaDiffConfig:
         return len(self.inputs) * self.latent_channels + len(self.active_guidance_maps)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        data = _plain(asdict(self))
+        if data["distillation"] is None:  # absent for ordinary models (TOML has no null)
+            del data["distillation"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CoLaDiffConfig:

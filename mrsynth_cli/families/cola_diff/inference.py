@@ -30,14 +30,30 @@ def noise_schedule(config: CoLaDiffConfig) -> NoiseSchedule:
 
 
 def build_sampler(config: CoLaDiffConfig, name: str | None, steps: int | None):
-    """``auto``/None -> the config's sampler; ``fast`` is Kong & Ping's VAR schedule with kappa = 0 (DDIM-rev)."""
+    """``auto``/None -> the config's sampler; ``fast`` is Kong & Ping's VAR schedule with kappa = 0 (DDIM-rev).
+
+    A distilled student (``config.distillation``) samples only with ``distilled`` on its own grid; a
+    teacher cannot sample with ``distilled`` (the pipeline swaps in its student first).
+    """
     name = config.sampler if name in (None, "auto") else name
     if name not in SAMPLERS:
         raise InputError(
             f"cola-diff models sample with {', '.join(SAMPLERS)}, not '{name}'", "pick --sampler ddim or fast"
         )
-    steps = steps or config.sampling_steps
     schedule = noise_schedule(config)
+    if config.distillation is not None:
+        if name != "distilled":
+            raise InputError(
+                f"this cola-diff model is a {config.distillation.steps}-step distilled student; it cannot sample "
+                f"with '{name}'", "use --sampler distilled (or auto), or its teacher for other samplers",
+            )
+        return make_sampler("distilled", schedule, grid=config.distillation.grid, num_inference_steps=steps)
+    if name == "distilled":
+        raise InputError(
+            "this cola-diff model is not a distilled student",
+            "train one with mrsynth train distill and import it, or pick --sampler ddim",
+        )
+    steps = steps or config.sampling_steps
     if name == "ddim":
         return make_sampler("ddim", schedule, eta=config.eta, num_inference_steps=steps)
     if name == "fast":

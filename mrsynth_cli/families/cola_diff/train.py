@@ -92,7 +92,10 @@ def validation_metrics(
     """PSNR/SSIM (2D, inside the brain, scaled model space) of DDIM samples on evenly spaced slices, all inputs."""
     from mrsynth_cli.metrics.image import psnr, ssim2d_axial
 
-    sampler = build_sampler(config, "ddim", config.validation_steps)
+    if config.distillation is not None:  # a student samples on its own grid
+        sampler = build_sampler(config, "distilled", None)
+    else:
+        sampler = build_sampler(config, "ddim", config.validation_steps)
     generator = torch.Generator().manual_seed(0)
     scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
     for subject in subjects:
