@@ -14,20 +14,17 @@ SPADE output decoded, no diffusion) and ``kl`` (d: KL-regularised instead of vec
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mrsynth_cli.errors import InputError
+from mrsynth_cli.families import presets
 from mrsynth_cli.io.contrasts import Contrast, parse_contrast
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 __all__ = ["ABLATIONS", "SAMPLERS", "STAGES", "AldmConfig", "Preset", "load_preset", "preset_path"]
+
+_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 SCHEMA_VERSION = 1
 SAMPLERS = ("ddim", "fast", "ddpm")
@@ -231,40 +228,15 @@ class Preset:
 
 
 def preset_path(name_or_path: str) -> Path:
-    """``cpu``/``paper`` (packaged) or a path to a TOML file of the same layout."""
-    packaged = Path(__file__).resolve().parent / "configs" / f"{name_or_path}.toml"
-    if packaged.exists():
-        return packaged
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    choices = sorted(p.stem for p in packaged.parent.glob("*.toml"))
-    raise InputError(f"no aldm config '{name_or_path}'", f"use one of {', '.join(choices)} or a .toml path")
+    """``cpu``/``paper`` (the packaged presets) or a path to a TOML file of the same layout."""
+    return presets.preset_path("aldm", _CONFIGS, name_or_path)
 
 
 def load_preset(name_or_path: str = "cpu") -> Preset:
     """Read and validate a preset (unknown tables and keys are errors)."""
-    from mrsynth_cli.training.loop import TrainSettings
-
-    path = preset_path(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"aldm config {path} is not valid TOML ({exc})", "fix the file") from exc
     tables = {"model", *(f"{s}_training" for s in STAGES)}
-    unknown = set(data) - tables
-    if unknown:
-        raise InputError(f"aldm config {path} has unknown tables {sorted(unknown)}", f"use {sorted(tables)}")
-    loop_keys = {f.name for f in fields(TrainSettings)}
-    training = {}
-    for stage in STAGES:
-        table = dict(data.get(f"{stage}_training", {}))
-        bad = set(table) - loop_keys
-        if bad:
-            raise InputError(
-                f"aldm config {path} [{stage}_training] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}"
-            )
-        training[stage] = table
+    path, data = presets.read_preset("aldm", _CONFIGS, name_or_path, tables, [f"{s}_training" for s in STAGES])
+    training = {stage: dict(data.get(f"{stage}_training", {})) for stage in STAGES}
     model = dict(data.get("model", {}))
     AldmConfig.from_dict(model)  # validate now: a bad preset fails before any data is read
     return Preset(name=path.stem, model=model, training=training)

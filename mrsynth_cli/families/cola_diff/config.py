@@ -14,19 +14,14 @@ Every paper component is a switch, so the ablations of the paper's Table 2 run f
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mrsynth_cli.distill.record import DistillationRecord
 from mrsynth_cli.errors import InputError
+from mrsynth_cli.families import presets
 from mrsynth_cli.io.contrasts import Contrast, parse_contrast
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "AUTOENCODER_FAMILY",
@@ -38,6 +33,8 @@ __all__ = [
     "load_preset",
     "preset_path",
 ]
+
+_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 SCHEMA_VERSION = 1
 #: The ``family`` written into autoencoder checkpoints (not a synthesis family of the registry).
@@ -366,38 +363,15 @@ class Preset:
 
 def preset_path(name_or_path: str) -> Path:
     """``cpu``/``paper`` (the packaged presets) or a path to a TOML file of the same layout."""
-    packaged = Path(__file__).resolve().parent / "configs" / f"{name_or_path}.toml"
-    if packaged.exists():
-        return packaged
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    choices = sorted(p.stem for p in packaged.parent.glob("*.toml"))
-    raise InputError(f"no cola-diff config '{name_or_path}'", f"use one of {', '.join(choices)} or a .toml path")
+    return presets.preset_path("cola-diff", _CONFIGS, name_or_path)
 
 
 def load_preset(name_or_path: str = "cpu") -> Preset:
     """Read and validate a preset (unknown keys in any table are errors)."""
-    from mrsynth_cli.training.loop import TrainSettings
-
-    path = preset_path(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"cola-diff config {path} is not valid TOML ({exc})", "fix the file") from exc
-    unknown = set(data) - {"autoencoder", "autoencoder_training", "model", "training"}
-    if unknown:
-        raise InputError(
-            f"cola-diff config {path} has unknown tables {sorted(unknown)}",
-            "use [autoencoder], [autoencoder_training], [model], [training]",
-        )
-    loop_keys = {f.name for f in fields(TrainSettings)}
-    for table in ("autoencoder_training", "training"):
-        bad = set(data.get(table, {})) - loop_keys
-        if bad:
-            raise InputError(
-                f"cola-diff config {path} [{table}] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}"
-            )
+    path, data = presets.read_preset(
+        "cola-diff", _CONFIGS, name_or_path, {"autoencoder", "autoencoder_training", "model", "training"},
+        ["autoencoder_training", "training"],
+    )
     model = dict(data.get("model", {}))
     bad = set(model) & {"target", "inputs", "autoencoder", "autoencoder_sha256", "spacing_mm", "model_shape"}
     if bad:

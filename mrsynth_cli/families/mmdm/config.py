@@ -16,20 +16,17 @@ fields other than target and inputs) and a ``[training]`` table
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from mrsynth_cli.errors import InputError
+from mrsynth_cli.families import presets
 from mrsynth_cli.io.contrasts import Contrast, parse_contrast
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 __all__ = ["MMDMConfig", "Preset", "load_preset", "preset_path", "VARIANTS", "SAMPLERS"]
+
+_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 SCHEMA_VERSION = 1
 VARIANTS = ("mmdm", "bbdm", "concat")
@@ -183,32 +180,12 @@ class Preset:
 
 def preset_path(name_or_path: str) -> Path:
     """``cpu``/``paper`` (the packaged presets) or a path to a TOML file of the same layout."""
-    packaged = Path(__file__).resolve().parent / "configs" / f"{name_or_path}.toml"
-    if packaged.exists():
-        return packaged
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    choices = sorted(p.stem for p in packaged.parent.glob("*.toml"))
-    raise InputError(f"no mmdm config '{name_or_path}'", f"use one of {', '.join(choices)} or a .toml path")
+    return presets.preset_path("mmdm", _CONFIGS, name_or_path)
 
 
 def load_preset(name_or_path: str = "cpu") -> Preset:
     """Read and validate a preset (unknown tables or keys are errors)."""
-    from mrsynth_cli.training.loop import TrainSettings
-
-    path = preset_path(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"mmdm config {path} is not valid TOML ({exc})", "fix the file") from exc
-    unknown = set(data) - {"model", "training"}
-    if unknown:
-        raise InputError(f"mmdm config {path} has unknown tables {sorted(unknown)}", "use [model] and [training]")
-    loop_keys = {f.name for f in fields(TrainSettings)}
-    bad = set(data.get("training", {})) - loop_keys
-    if bad:
-        raise InputError(f"mmdm config {path} [training] has unknown keys {sorted(bad)}", f"known: {sorted(loop_keys)}")
+    path, data = presets.read_preset("mmdm", _CONFIGS, name_or_path, {"model", "training"}, ["training"])
     model = dict(data.get("model", {}))
     if set(model) & {"target", "inputs"}:
         raise InputError(f"mmdm config {path} [model] sets target/inputs", "they come from the command line")
