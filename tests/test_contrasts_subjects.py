@@ -68,6 +68,11 @@ def test_ambiguous_filename_is_an_error() -> None:
         contrast_from_filename("t1_t2_fused.nii.gz")
 
 
+def test_input_spec_with_empty_path_says_so() -> None:
+    with pytest.raises(ContrastError, match="gives no file"):
+        parse_input_spec("t1=")
+
+
 def test_input_spec_forms(tmp_path: Path) -> None:
     assert parse_input_spec("t1=/data/scan.nii.gz") == (Contrast.T1, Path("/data/scan.nii.gz"))
     assert parse_input_spec("/data/sub-01_FLAIR.nii.gz") == (Contrast.FLAIR, Path("/data/sub-01_FLAIR.nii.gz"))

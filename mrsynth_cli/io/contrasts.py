@@ -165,6 +165,8 @@ def parse_input_spec(spec: str) -> tuple[Contrast, Path]:
         # A path may itself contain "=": only treat the prefix as a key if it looks like one.
         if key and "/" not in key and "\\" not in key and value:
             return parse_contrast(key), Path(value)
+        if key and "/" not in key and "\\" not in key and not value:
+            raise ContrastError(f"--in {spec} gives no file after '='", f"give a path, e.g. --in {key}=T1.nii.gz")
     path = Path(spec)
     contrast = contrast_from_filename(path)
     if contrast is None:
