@@ -38,7 +38,7 @@ def list_models(
         rows.append({
             "name": entry.name, "family": entry.family, "version": entry.version,
             "inputs": [str(c) for c in entry.inputs], "outputs": [str(c) for c in entry.outputs],
-            "geometry": entry.geometry, "source": entry.source, "present": present,
+            "geometry": entry.geometry, "source": entry.source, "present": present, "automatic": entry.automatic,
             "licence": entry.licence, "training_data": entry.training_data, "metrics": entry.metrics,
         })
     if as_json:
@@ -48,8 +48,9 @@ def list_models(
         typer.echo("no models installed")
     for row in rows:
         state = "present" if row["present"] else "not downloaded"
+        only_named = "" if row["automatic"] else ", --model only"
         typer.echo(f"{row['name']:28s} {row['family']:10s} {'/'.join(row['inputs'])} -> {'/'.join(row['outputs'])} "
-                   f"[{row['geometry'].get('dims')}, {row['source']}, {state}]")
+                   f"[{row['geometry'].get('dims')}, {row['source']}, {state}{only_named}]")
 
 
 @app.command("verify")
