@@ -120,8 +120,9 @@ def synthesize(
 
     weights_root = Path(request.weights_dir) if request.weights_dir else default_weights_dir()
     entries = all_entries(weights_root)
+    # TR/TE given: prefer a physics-based model.
     chosen = choose_models(routable(entries, request.model), set(request.inputs), request.targets,
-                           model=request.model, physics=bool(request.acquisition))  # TR/TE given: prefer a physics-based model
+                           model=request.model, physics=bool(request.acquisition))
     device = resolve_device(request.device)
     # --sampler auto/distilled may swap a teacher for its distilled student (mrsynth_cli.distill.select).
     chosen, samplers = pick_students(entries, chosen, request.sampler, request.steps, device.type)
@@ -134,6 +135,7 @@ def synthesize(
         by_model.setdefault(entry.name, []).append(target)
     entry_by_name = {e.name: e for e in chosen.values()}
     results: dict[Contrast, tuple[np.ndarray, Any, Any]] = {}
+    sampling_used: dict[str, tuple[str, int | None]] = {}  # model name -> (sampler, steps) that ran
     acquisition_used: dict[str, dict] = {}  # model name -> the TR/TE/TI it was given (physics-based families)
     for name, targets in by_model.items():
         entry = entry_by_name[name]
@@ -190,7 +192,14 @@ def synthesize(
         for target in targets:
             stack = np.stack([d[target] for d in draws])
             results[target] = (stack, prep, entry)
-        sampler_used = samplers[name] if spec.stochastic else "none (deterministic)"
+        # What really ran: "auto" resolves to the model's own default sampler and step count.
+        chosen_sampler = samplers[name]
+        if chosen_sampler == "auto":
+            chosen_sampler = getattr(config, "sampler", chosen_sampler)
+        sampling_used[name] = (
+            (chosen_sampler, request.steps or getattr(config, "sampling_steps", None)) if spec.stochastic
+            else ("none (deterministic)", None)
+        )
 
     for target, (stack, prep, entry) in results.items():
         mean = stack.mean(0)
@@ -215,7 +224,7 @@ def synthesize(
                 "Files": [{"name": f.name, "sha256": f.sha256} for f in entry.files],
                 "Config": entry.config,
             },
-            "Sampler": sampler_used, "Steps": request.steps if get_family(entry.family).stochastic else None,
+            "Sampler": sampling_used[entry.name][0], "Steps": sampling_used[entry.name][1],
             "Samples": request.samples, "Seed": request.seed, "Device": str(device),
             "DeviceFallback": f"{fallback_from} ran out of memory; finished on the CPU" if fallback_from else None,
             "Backends": prep.record.backends,
