@@ -37,3 +37,24 @@ def test_os_errors_are_one_line(exc: BaseException, code: int, text: str) -> Non
     assert result.exit_code == code
     assert text in result.output and " -> " in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+
+def test_closed_pipe_stops_quietly() -> None:
+    """A reader that closes the pipe (`mrsynth weights list | head -1`) ends the command with 141, silently."""
+    import subprocess
+    import sys
+
+    code = (
+        "import typer\n"
+        "from mrsynth_cli.cli.boundary import boundary\n"
+        "@boundary\n"
+        "def cmd():\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "try:\n"
+        "    cmd()\n"
+        "except typer.Exit as e:\n"
+        "    raise SystemExit(e.exit_code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 141 and result.stderr == ""

@@ -25,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 #: Conventional exit status after SIGINT (128 + 2).
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shell tools
 
 
 def debug_enabled() -> bool:
@@ -64,6 +65,11 @@ def boundary(func: F) -> F:
             if debug_enabled():
                 raise
             raise fail("interrupted; no partial output was left", EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # the reader went away (`mrsynth weights list | head`): stop quietly, as cat does
+            if debug_enabled():
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except PermissionError as exc:  # unreadable input, unwritable output folder, read-only cache...
             if debug_enabled():
                 raise
@@ -79,7 +85,8 @@ def boundary(func: F) -> F:
         except MemoryError:
             if debug_enabled():
                 raise
-            raise fail("out of memory -> use a smaller configuration or a machine with more RAM", EXIT_RUNTIME) from None
+            raise fail("out of memory -> use a smaller configuration or a machine with more RAM",
+                       EXIT_RUNTIME) from None
         except Exception as exc:  # a bug: say so in one line, keep the traceback for MRSYNTH_DEBUG=1
             if debug_enabled():
                 raise
