@@ -228,7 +228,9 @@ def ship(run: Run, targets: list[str]) -> None:
     from mrsynth_cli.training.checkpoint import read_checkpoint_config
     from mrsynth_cli.weights.importer import manifest_entry_for
     from mrsynth_cli.weights.manifest import SCHEMA_VERSION, load_manifest, packaged_manifest_path
-    from mrsynth_cli.weights.store import copy_atomic, sha256_of
+    from safetensors.torch import load_file, save_file
+
+    from mrsynth_cli.weights.store import sha256_of
 
     loso_path = REPO / "benchmarks" / "results" / "cola_diff_loso.json"
     loso = json.loads(loso_path.read_text()) if loso_path.exists() else {}
@@ -243,7 +245,12 @@ def ship(run: Run, targets: list[str]) -> None:
         info = read_checkpoint_config(checkpoint)
         name = f"cola-diff-{target.lower()}"
         destination = files_dir / f"{name}.safetensors"
-        copy_atomic(checkpoint / "model.safetensors", destination)
+        # float16 storage halves the package (load_state_dict copies into float32 parameters); the
+        # network's output changes by the amount measured in README's CoLa-Diff section.
+        weights = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(checkpoint / "model.safetensors").items()}
+        tmp = destination.with_suffix(".tmp")
+        save_file(weights, str(tmp))
+        tmp.replace(destination)
         models[name] = manifest_entry_for(
             name=name, family="cola-diff", config=info.config, weights_path=destination.name,
             sha256=sha256_of(destination), size=destination.stat().st_size, version="0.1.0", licence=LICENCE,
